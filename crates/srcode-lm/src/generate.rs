@@ -1,0 +1,421 @@
+//! Sampling and batched generation. Several sequences decode together through one KV cache:
+//! prompts are left-padded to a common length, finished rows are dropped from the cache as they
+//! stop, and every generated token comes with its log-probability under the model (temperature 1,
+//! before top-k/top-p truncation, which is what PPO ratios and KL need).
+
+use std::time::Instant;
+
+use candle_core::{Tensor, D};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LmError, Result};
+use crate::model::{ForwardOpts, Llama};
+use crate::tokenizer::Tokenizer;
+
+/// Sampling settings. `temperature <= 0` means greedy decoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+    /// Generation stops when the decoded text contains one of these; the returned text ends
+    /// before it.
+    pub stop: Vec<String>,
+    /// Generation stops after one of these tokens (usually the tokenizer's end tokens).
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Rejects settings that cannot be sampled from.
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(LmError::InvalidArgument(format!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            )));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(LmError::InvalidArgument(format!(
+                    "top_p must be in (0, 1], got {p}"
+                )));
+            }
+        }
+        if self.top_k == Some(0) {
+            return Err(LmError::InvalidArgument("top_k must be ≥ 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end token or a stop string.
+    Stop,
+    /// `max_new_tokens` or the context limit.
+    Length,
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    /// Generated token ids (a stop token is included; tokens after a stop string are not).
+    pub token_ids: Vec<u32>,
+    /// Decoded text, without special tokens and cut before a stop string.
+    pub text: String,
+    /// Log-probability of each generated token under the model.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Timing of a generation call.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+}
+
+/// Samples one token id from a row of logits. Returns `(token, logprob under the raw model)`.
+/// `scratch` is reused across calls to keep the decode loop allocation-free.
+pub fn sample_row(
+    logits: &[f32],
+    p: &SamplingParams,
+    rng: &mut impl Rng,
+    scratch: &mut Vec<(u32, f32)>,
+) -> (u32, f32) {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = m + logits.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc })
+        .0;
+    if p.temperature <= 0.0 || p.top_k == Some(1) {
+        return (argmax as u32, logits[argmax] - lse);
+    }
+    let t = p.temperature;
+    // Probabilities at temperature t, relative to the maximum (so the best token has weight 1).
+    scratch.clear();
+    let top_p = p.top_p.unwrap_or(1.0);
+    // Tokens below this weight cannot be in the nucleus: together they hold less than the mass
+    // the nucleus leaves out, so dropping them early is exact and avoids sorting the vocabulary.
+    let floor = if top_p < 1.0 {
+        let z: f32 = logits.iter().map(|&x| ((x - m) / t).exp()).sum();
+        (1.0 - top_p) * z / logits.len() as f32 * 0.5
+    } else {
+        0.0
+    };
+    for (i, &x) in logits.iter().enumerate() {
+        let w = ((x - m) / t).exp();
+        if w > floor {
+            scratch.push((i as u32, w));
+        }
+    }
+    if let Some(k) = p.top_k {
+        if k < scratch.len() {
+            scratch.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            scratch.truncate(k);
+        }
+    }
+    if top_p < 1.0 {
+        scratch.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f32 = logits.iter().map(|&x| ((x - m) / t).exp()).sum();
+        let mut acc = 0.0;
+        let mut keep = scratch.len();
+        for (i, &(_, w)) in scratch.iter().enumerate() {
+            acc += w / total;
+            if acc >= top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        scratch.truncate(keep.max(1));
+    }
+    let sum: f32 = scratch.iter().map(|c| c.1).sum();
+    let mut u = rng.random::<f32>() * sum;
+    let mut tok = scratch.last().map_or(argmax as u32, |c| c.0);
+    for &(id, w) in scratch.iter() {
+        if u < w {
+            tok = id;
+            break;
+        }
+        u -= w;
+    }
+    (tok, logits[tok as usize] - lse)
+}
+
+struct Row {
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    bytes: Vec<u8>,
+    stop_at: Option<usize>,
+    finish: Option<FinishReason>,
+    rng: rand::rngs::StdRng,
+}
+
+/// Generates a continuation for each prompt (token ids) in one batch. Row `i` samples with seed
+/// `params.seed + i`, so results do not depend on what else is in the batch.
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+) -> Result<(Vec<Generation>, GenerationStats)> {
+    params.validate()?;
+    if prompts.is_empty() {
+        return Ok((Vec::new(), GenerationStats::default()));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(LmError::InvalidArgument(format!("prompt {i} has no tokens")));
+    }
+    let ctx = model.config().max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest >= ctx {
+        return Err(LmError::InvalidArgument(format!(
+            "a prompt of {longest} tokens leaves no room in the model's context of {ctx}"
+        )));
+    }
+    let vocab = model.config().vocab_size as u32;
+    if let Some(bad) = prompts.iter().flatten().find(|&&t| t >= vocab) {
+        return Err(LmError::InvalidArgument(format!(
+            "prompt token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let max_new = params.max_new_tokens.min(ctx - longest);
+    let device = model.device();
+    let mut stats = GenerationStats::default();
+    let mut rows: Vec<Row> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Row {
+            prompt_tokens: p.len(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            bytes: Vec::new(),
+            stop_at: None,
+            finish: None,
+            rng: rand::rngs::StdRng::seed_from_u64(params.seed.wrapping_add(i as u64)),
+        })
+        .collect();
+
+    // Prefill: left-pad to a common length.
+    let mut pad_left: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0u32, longest - p.len()));
+        ids.extend_from_slice(p);
+    }
+    let ids = Tensor::from_vec(ids, (prompts.len(), longest), device)?;
+    let mut cache = model.new_cache();
+    let t0 = Instant::now();
+    let opts = ForwardOpts {
+        pad_left: &pad_left,
+        grad: false,
+    };
+    let hidden = model.forward_hidden(&ids, opts, Some(&mut cache))?;
+    let last = hidden.narrow(1, longest - 1, 1)?;
+    let mut logits = model.logits(&last)?.squeeze(1)?;
+    stats.prefill_tokens = prompts.iter().map(Vec::len).sum();
+    stats.prefill_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut active: Vec<usize> = (0..rows.len()).collect();
+    let mut scratch = Vec::new();
+    let mut step = 0;
+    while !active.is_empty() {
+        let l = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(active.len());
+        for (slot, &ri) in active.iter().enumerate() {
+            let row = &mut rows[ri];
+            let (t, lp) = sample_row(&l[slot], params, &mut row.rng, &mut scratch);
+            row.tokens.push(t);
+            row.logprobs.push(lp);
+            stats.decode_tokens += 1;
+            next.push(t);
+            if params.stop_token_ids.contains(&t) {
+                row.finish = Some(FinishReason::Stop);
+                continue;
+            }
+            if !tok.is_special(t) {
+                let before = row.bytes.len();
+                row.bytes.extend_from_slice(tok.token_bytes(t));
+                if let Some(at) = find_stop(&row.bytes, before, &params.stop) {
+                    row.stop_at = Some(at);
+                    row.finish = Some(FinishReason::Stop);
+                    continue;
+                }
+            }
+            if row.tokens.len() >= max_new {
+                row.finish = Some(FinishReason::Length);
+            }
+        }
+        step += 1;
+        // Drop finished rows from the batch and the cache.
+        let keep: Vec<usize> = (0..active.len())
+            .filter(|&s| rows[active[s]].finish.is_none())
+            .collect();
+        if keep.is_empty() || step >= max_new {
+            for &ri in &active {
+                rows[ri].finish.get_or_insert(FinishReason::Length);
+            }
+            break;
+        }
+        if keep.len() != active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&s| active[s]).collect();
+            next = keep.iter().map(|&s| next[s]).collect();
+            pad_left = keep.iter().map(|&s| pad_left[s]).collect();
+        }
+        let ids = Tensor::from_vec(next, (active.len(), 1), device)?;
+        let opts = ForwardOpts {
+            pad_left: &pad_left,
+            grad: false,
+        };
+        let hidden = model.forward_hidden(&ids, opts, Some(&mut cache))?;
+        logits = model.logits(&hidden)?.squeeze(1)?;
+        if logits.rank() == 1 {
+            logits = logits.unsqueeze(0)?;
+        }
+        let _ = logits.dim(D::Minus1)?;
+    }
+    stats.decode_seconds = t1.elapsed().as_secs_f64();
+
+    let out = rows
+        .into_iter()
+        .map(|r| {
+            let bytes = match r.stop_at {
+                Some(at) => &r.bytes[..at],
+                None => &r.bytes[..],
+            };
+            Generation {
+                text: String::from_utf8_lossy(bytes).into_owned(),
+                token_ids: r.tokens,
+                logprobs: r.logprobs,
+                finish_reason: r.finish.unwrap_or(FinishReason::Length),
+                prompt_tokens: r.prompt_tokens,
+            }
+        })
+        .collect();
+    Ok((out, stats))
+}
+
+/// Byte position of the earliest stop string that ends in the newly added bytes.
+fn find_stop(bytes: &[u8], new_from: usize, stops: &[String]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for s in stops {
+        let s = s.as_bytes();
+        if s.is_empty() || bytes.len() < s.len() {
+            continue;
+        }
+        // Only windows that end in the new bytes can be new matches.
+        let first = new_from.saturating_sub(s.len() - 1);
+        if let Some(pos) = bytes[first..].windows(s.len()).position(|w| w == s) {
+            let at = first + pos;
+            best = Some(best.map_or(at, |b: usize| b.min(at)));
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_argmax_and_reports_its_logprob() {
+        let logits = [1.0f32, 3.0, 2.0];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let (t, lp) = sample_row(&logits, &SamplingParams::default(), &mut rng, &mut Vec::new());
+        assert_eq!(t, 1);
+        let lse = (1f32.exp() + 3f32.exp() + 2f32.exp()).ln();
+        assert!((lp - (3.0 - lse)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_candidates() {
+        let logits = [0.0f32, 5.0, 4.9, -3.0, 4.8];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: Some(2),
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(sample_row(&logits, &p, &mut rng, &mut Vec::new()).0);
+        }
+        assert_eq!(seen, [1u32, 2].into_iter().collect());
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.3),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            assert_eq!(sample_row(&logits, &p, &mut rng, &mut Vec::new()).0, 1);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        // p = softmax([0, ln 3]) = [0.25, 0.75]
+        let logits = [0.0f32, 3f32.ln()];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let n = 20_000;
+        let ones = (0..n)
+            .filter(|_| sample_row(&logits, &p, &mut rng, &mut Vec::new()).0 == 1)
+            .count();
+        let frac = ones as f64 / n as f64;
+        assert!((frac - 0.75).abs() < 0.02, "{frac}");
+    }
+
+    #[test]
+    fn stop_strings_are_found_across_token_boundaries() {
+        let stops = vec!["\n```".to_string()];
+        let b = b"code();\n``".to_vec();
+        assert_eq!(find_stop(&b, 8, &stops), None);
+        let mut b2 = b.clone();
+        b2.push(b'`');
+        assert_eq!(find_stop(&b2, b.len(), &stops), Some(7));
+    }
+
+    #[test]
+    fn bad_sampling_params_are_rejected() {
+        let p = SamplingParams {
+            top_p: Some(1.5),
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+        let p = SamplingParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
+    }
+}

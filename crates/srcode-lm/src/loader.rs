@@ -1,0 +1,199 @@
+//! Opening a model by path: a GGUF file, or a Hugging Face directory (`config.json`,
+//! `*.safetensors`, `tokenizer.json`, `tokenizer_config.json`), which is also the layout srcode's
+//! own checkpoints use. The result bundles the model with its tokenizer and chat template.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::chat::ChatTemplate;
+use crate::config::LlamaConfig;
+use crate::error::{LmError, Result};
+use crate::model::{Llama, WeightMode};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightSource;
+
+/// Storage format of a model on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    Gguf,
+    HuggingFace,
+}
+
+/// A model with everything needed to talk to it.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    pub path: PathBuf,
+    pub format: ModelFormat,
+}
+
+/// Tokenizer, chat template and config of a model, without its weights (cheap; `model info`).
+pub struct ModelMeta {
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    pub format: ModelFormat,
+    /// Storage type of the weight matrices as found on disk (e.g. `Q4_1`, `F32`, `BF16`).
+    pub stored_dtype: String,
+    pub file_bytes: u64,
+}
+
+/// Decides the format of `path`.
+pub fn detect_format(path: &Path) -> Result<ModelFormat> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(ModelFormat::HuggingFace);
+        }
+        return Err(LmError::BadModelFile {
+            path: path.into(),
+            reason: "directory has no config.json (expected a Hugging Face model directory)".into(),
+        });
+    }
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).map_err(|e| LmError::io(path, e))?;
+    use std::io::Read;
+    if f.read_exact(&mut magic).is_ok() && &magic == b"GGUF" {
+        return Ok(ModelFormat::Gguf);
+    }
+    Err(LmError::BadModelFile {
+        path: path.into(),
+        reason: "neither a GGUF file (magic `GGUF`) nor a Hugging Face directory".into(),
+    })
+}
+
+fn read_meta(path: &Path) -> Result<(ModelMeta, WeightSource)> {
+    let format = detect_format(path)?;
+    match format {
+        ModelFormat::Gguf => {
+            let src = WeightSource::open_gguf(path)?;
+            let WeightSource::Gguf { content, .. } = &src else {
+                return Err(LmError::InvalidArgument("GGUF source expected".into()));
+            };
+            let config = LlamaConfig::from_gguf(&content.metadata)?;
+            let tokenizer = Tokenizer::from_gguf(content)?;
+            let chat = match content.metadata.get("tokenizer.chat_template") {
+                Some(candle_core::quantized::gguf_file::Value::String(t)) => ChatTemplate::new(
+                    t,
+                    tokenizer.bos_token().as_deref(),
+                    tokenizer.eos_token().as_deref(),
+                )?,
+                _ => ChatTemplate::chatml_fallback(),
+            };
+            let stored_dtype = content
+                .tensor_infos
+                .get("blk.0.attn_q.weight")
+                .map(|t| format!("{:?}", t.ggml_dtype))
+                .unwrap_or_else(|| "unknown".into());
+            let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let mut config = config;
+            config.tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
+            Ok((
+                ModelMeta {
+                    config,
+                    tokenizer,
+                    chat,
+                    format,
+                    stored_dtype,
+                    file_bytes,
+                },
+                src,
+            ))
+        }
+        ModelFormat::HuggingFace => {
+            let config = LlamaConfig::from_hf_json(&path.join("config.json"))?;
+            let tok_path = path.join("tokenizer.json");
+            let tokenizer = Tokenizer::from_file(&tok_path)?;
+            let chat = hf_chat_template(path, &tokenizer)?;
+            let src = WeightSource::open_safetensors_dir(path)?;
+            let stored_dtype = match &src {
+                WeightSource::Safetensors { tensors, .. } => tensors
+                    .get("model.layers.0.self_attn.q_proj.weight")
+                    .map(|t| format!("{:?}", t.dtype()))
+                    .unwrap_or_else(|| "unknown".into()),
+                _ => "unknown".into(),
+            };
+            let file_bytes = std::fs::read_dir(path)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            Ok((
+                ModelMeta {
+                    config,
+                    tokenizer,
+                    chat,
+                    format,
+                    stored_dtype,
+                    file_bytes,
+                },
+                src,
+            ))
+        }
+    }
+}
+
+/// Chat template of a Hugging Face directory: `chat_template.jinja`, else `tokenizer_config.json`'s
+/// `chat_template` (a string, or a list of named templates of which `default` is taken), else
+/// ChatML.
+fn hf_chat_template(dir: &Path, tok: &Tokenizer) -> Result<ChatTemplate> {
+    let jinja = dir.join("chat_template.jinja");
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: Option<serde_json::Value> = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => Some(serde_json::from_str(&t).map_err(|source| LmError::Json {
+            context: cfg_path.display().to_string(),
+            source,
+        })?),
+        Err(_) => None,
+    };
+    let token_str = |k: &str| -> Option<String> {
+        let v = cfg.as_ref()?.get(k)?;
+        v.as_str()
+            .map(str::to_string)
+            .or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+    };
+    let bos = token_str("bos_token").or_else(|| tok.bos_token());
+    let eos = token_str("eos_token").or_else(|| tok.eos_token());
+    let template = if jinja.is_file() {
+        Some(std::fs::read_to_string(&jinja).map_err(|e| LmError::io(&jinja, e))?)
+    } else {
+        match cfg.as_ref().and_then(|c| c.get("chat_template")) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => None,
+        }
+    };
+    match template {
+        Some(t) => ChatTemplate::new(&t, bos.as_deref(), eos.as_deref()),
+        None => Ok(ChatTemplate::chatml_fallback()),
+    }
+}
+
+/// Reads tokenizer, chat template and configuration (weights are not loaded).
+pub fn inspect(path: &Path) -> Result<ModelMeta> {
+    Ok(read_meta(path)?.0)
+}
+
+/// Loads a model. `mode` defaults to [`WeightMode::inference_default`].
+pub fn load(path: &Path, device: &Device, mode: Option<WeightMode>) -> Result<LoadedModel> {
+    let (meta, src) = read_meta(path)?;
+    let mode = mode.unwrap_or_else(|| WeightMode::inference_default(device));
+    let model = Llama::load(&src, &meta.config, mode, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: meta.tokenizer,
+        chat: meta.chat,
+        path: path.into(),
+        format: meta.format,
+    })
+}

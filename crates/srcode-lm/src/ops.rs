@@ -1,0 +1,179 @@
+//! Tensor operations that need two implementations: a fast kernel for inference and a
+//! differentiable one for training. candle's fast `rms_norm`, `softmax_last_dim` and `rope` have
+//! no backward pass and would cut the graph without an error, so every caller states whether it
+//! needs gradients.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+
+use crate::error::Result;
+
+/// RMSNorm over the last dimension, scaled by `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
+    if grad {
+        let n = x.dim(D::Minus1)? as f64;
+        let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        let r = (ms + eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
+    } else {
+        let x = x.contiguous()?;
+        Ok(candle_nn::ops::rms_norm(&x, w, eps as f32)?)
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, grad: bool) -> Result<Tensor> {
+    if grad {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
+}
+
+/// Half-rotation RoPE on `x` `[b, h, t, d]` with tables `[t, d/2]` or `[b, t, d/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor> {
+    let cos = cos.to_dtype(x.dtype())?;
+    let sin = sin.to_dtype(x.dtype())?;
+    if !grad {
+        return Ok(candle_nn::rotary_emb::rope(x, &cos, &sin)?);
+    }
+    let d = x.dim(D::Minus1)?;
+    let (cos, sin) = match cos.rank() {
+        2 => (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?),
+        _ => (cos.unsqueeze(1)?, sin.unsqueeze(1)?),
+    };
+    let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+    let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+}
+
+/// Log-probability of each target token: `logits` `[n, vocab]` (f32), `targets` `[n]` (u32) →
+/// `[n]`. One fused pass (max, log-sum-exp, pick) instead of a materialised log-softmax; its
+/// backward is `g · (onehot − softmax)`, also fused. This is the hot spot of every training
+/// step: the logits are the largest activation of a small model.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(DType::F32)?;
+    if logits.device().is_cpu() {
+        let targets = targets.to_dtype(DType::U32)?;
+        Ok(logits.apply_op2(&targets, TokenLogProbs)?)
+    } else {
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let idx = targets.to_dtype(DType::U32)?.unsqueeze(1)?;
+        Ok(lsm.gather(&idx, 1)?.squeeze(1)?)
+    }
+}
+
+struct TokenLogProbs;
+
+fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("token_logprobs: logits must be contiguous"),
+    }
+}
+
+impl CustomOp2 for TokenLogProbs {
+    fn name(&self) -> &'static str {
+        "token-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, v) = l1.shape().dims2()?;
+        let logits = rows(s1, l1)?;
+        let tg = match l2.contiguous_offsets() {
+            Some((a, b)) => &s2.as_slice::<u32>()?[a..b],
+            None => candle_core::bail!("token_logprobs: targets must be contiguous"),
+        };
+        if tg.len() != n {
+            candle_core::bail!("token_logprobs: {} targets for {n} rows", tg.len());
+        }
+        if let Some(bad) = tg.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("token_logprobs: target id {bad} outside the vocabulary of {v}");
+        }
+        let out: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(tg.par_iter())
+            .map(|(row, &t)| {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let s: f32 = row.iter().map(|&x| (x - m).exp()).sum();
+                row[t as usize] - m - s.ln()
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op2_no_bwd(&targets.stack_with(grad)?, &TokenLogProbsGrad)?;
+        Ok((Some(g), None))
+    }
+}
+
+/// Helper to carry targets and upstream gradient together into the backward kernel.
+trait StackWith {
+    fn stack_with(&self, grad: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+impl StackWith for Tensor {
+    /// `[2, n]` f32: row 0 the targets (as exact small integers), row 1 the gradient.
+    fn stack_with(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+        Tensor::stack(&[&self.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?], 0)
+    }
+}
+
+struct TokenLogProbsGrad;
+
+impl CustomOp2 for TokenLogProbsGrad {
+    fn name(&self) -> &'static str {
+        "token-logprobs-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, v) = l1.shape().dims2()?;
+        let logits = rows(s1, l1)?;
+        let tg = rows(s2, l2)?;
+        let (targets, grads) = tg.split_at(n);
+        let mut out = vec![0f32; n * v];
+        out.par_chunks_mut(v)
+            .zip(logits.par_chunks(v))
+            .enumerate()
+            .for_each(|(i, (o, row))| {
+                let g = grads[i];
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut s = 0f32;
+                for (oj, &x) in o.iter_mut().zip(row) {
+                    let e = (x - m).exp();
+                    *oj = e;
+                    s += e;
+                }
+                let k = -g / s;
+                for oj in o.iter_mut() {
+                    *oj *= k;
+                }
+                o[targets[i] as usize] += g;
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, v))))
+    }
+}

@@ -1,0 +1,270 @@
+//! Learning on a tiny random model: gradients against finite differences, every trainable tensor
+//! reached by the backward pass, loss going down under AdamW, LoRA, checkpoints.
+
+use candle_core::{DType, Device, Tensor};
+use srcode_lm::model::{ForwardOpts, Llama, LoraConfig, WeightMode};
+use srcode_lm::train::{self, token_logprobs, AdamW, AdamWConfig};
+use srcode_lm::weights::WeightSource;
+use srcode_lm::LlamaConfig;
+
+fn tiny(trainable: bool) -> Llama {
+    Llama::random(&LlamaConfig::tiny(61), 42, trainable, &Device::Cpu).unwrap()
+}
+
+fn seq() -> Tensor {
+    let ids: Vec<u32> = vec![3, 17, 5, 60, 22, 9, 41, 0, 13, 7, 7, 30];
+    Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap()
+}
+
+fn loss(m: &Llama, ids: &Tensor) -> Tensor {
+    token_logprobs(m, ids, 1, true).unwrap().mean_all().unwrap().neg().unwrap()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let m = tiny(true);
+    let ids = seq();
+    let l = loss(&m, &ids);
+    let grads = l.backward().unwrap();
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    // A few coordinates of tensors from every part of the network.
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+    ] {
+        let (_, var) = m.trainable().iter().find(|(n, _)| n == name).unwrap();
+        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // The coordinates with the largest gradients (small ones drown in f32 noise).
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+        for &i in idx.iter().take(3) {
+            let mut plus = orig.clone();
+            plus[i] += eps;
+            var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let lp = loss(&m, &ids).to_scalar::<f32>().unwrap();
+            let mut minus = orig.clone();
+            minus[i] -= eps;
+            var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let lm = loss(&m, &ids).to_scalar::<f32>().unwrap();
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            let fd = (lp - lm) / (2.0 * eps);
+            let tol = 2e-3 + 0.05 * g[i].abs();
+            assert!(
+                (fd - g[i]).abs() < tol,
+                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                g[i]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 30);
+}
+
+#[test]
+fn every_trainable_tensor_receives_a_gradient() {
+    let m = tiny(true);
+    let grads = loss(&m, &seq()).backward().unwrap();
+    assert!(!m.trainable().is_empty());
+    for (name, var) in m.trainable() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reached {name}"));
+        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(n > 0.0, "gradient of {name} is zero");
+    }
+}
+
+#[test]
+fn adamw_steps_lower_the_loss_of_a_sequence() {
+    let m = tiny(true);
+    let ids = seq();
+    let cfg = AdamWConfig {
+        lr: 3e-3,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(m.trainable(), cfg).unwrap();
+    let first = loss(&m, &ids).to_scalar::<f32>().unwrap();
+    let mut last = first;
+    for _ in 0..8 {
+        let l = loss(&m, &ids);
+        last = l.to_scalar::<f32>().unwrap();
+        let grads = l.backward().unwrap();
+        let st = opt.step(&grads, Some(1.0)).unwrap();
+        assert!(st.grad_norm > 0.0 && st.clip_scale <= 1.0);
+    }
+    let after = loss(&m, &ids).to_scalar::<f32>().unwrap();
+    assert!(after < first * 0.8, "loss {first} -> {last} -> {after}");
+}
+
+#[test]
+fn fused_adamw_matches_the_textbook_update() {
+    // One parameter, two steps, hand-computed.
+    let m = tiny(true);
+    let (_, var) = m.trainable()[0].clone();
+    let p0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let cfg = AdamWConfig {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut opt = AdamW::new(&[("p".into(), var.clone())], cfg).unwrap();
+    let ones = Tensor::ones(var.shape(), DType::F32, &Device::Cpu).unwrap();
+    let l = (var.as_tensor() * &ones).unwrap().sum_all().unwrap(); // gradient 1 everywhere
+    let grads = l.backward().unwrap();
+    opt.step(&grads, None).unwrap();
+    let p1 = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    // Step 1: m̂ = 1, v̂ = 1 → p ← p(1 − lr·wd) − lr · 1/(1 + eps)
+    let want = p0 * (1.0 - 0.1 * 0.01) - 0.1 / (1.0 + 1e-8);
+    assert!((p1 - want).abs() < 1e-6, "{p1} vs {want}");
+}
+
+#[test]
+fn incremental_decoding_matches_the_full_forward() {
+    let m = tiny(false);
+    let ids = seq();
+    let full = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let mut cache = m.new_cache();
+    let a = m
+        .forward(&ids.narrow(1, 0, 7).unwrap(), ForwardOpts::default(), Some(&mut cache))
+        .unwrap();
+    let mut parts = vec![a];
+    for i in 7..12 {
+        parts.push(
+            m.forward(&ids.narrow(1, i, 1).unwrap(), ForwardOpts::default(), Some(&mut cache))
+                .unwrap(),
+        );
+    }
+    let inc = Tensor::cat(&parts, 1).unwrap();
+    let d = (full - inc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-4, "max difference {d}");
+}
+
+#[test]
+fn left_padding_does_not_change_a_row() {
+    let m = tiny(false);
+    let short: Vec<u32> = vec![4, 8, 15, 16];
+    let alone = m
+        .forward(&Tensor::from_vec(short.clone(), (1, 4), &Device::Cpu).unwrap(), ForwardOpts::default(), None)
+        .unwrap();
+    let mut padded = vec![0u32, 0, 0];
+    padded.extend(&short);
+    let other: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7];
+    let batch = Tensor::from_vec([padded, other].concat(), (2, 7), &Device::Cpu).unwrap();
+    let opts = ForwardOpts {
+        pad_left: &[3, 0],
+        grad: false,
+    };
+    let out = m.forward(&batch, opts, None).unwrap();
+    let row = out.get(0).unwrap().narrow(0, 3, 4).unwrap();
+    let d = (row - alone.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-4, "max difference {d}");
+}
+
+#[test]
+fn grad_and_inference_kernels_agree() {
+    let m = tiny(true);
+    let ids = seq();
+    let a = m.forward(&ids, ForwardOpts { pad_left: &[], grad: true }, None).unwrap();
+    let b = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-4, "max difference {d}");
+}
+
+#[test]
+fn lora_starts_at_the_base_model_and_trains_only_adapters() {
+    let mut m = tiny(false);
+    let ids = seq();
+    let before = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    m.attach_lora(&LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 1).unwrap();
+    assert_eq!(m.trainable().len(), 2 * 7 * 2);
+    let after = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = (&before - &after).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6);
+    let mut opt = AdamW::new(m.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let l0 = loss(&m, &ids).to_scalar::<f32>().unwrap();
+    for _ in 0..6 {
+        let g = loss(&m, &ids).backward().unwrap();
+        opt.step(&g, Some(1.0)).unwrap();
+    }
+    let l1 = loss(&m, &ids).to_scalar::<f32>().unwrap();
+    assert!(l1 < l0, "LoRA loss {l0} -> {l1}");
+    // Adapters round-trip through the PEFT layout.
+    let dir = tempfile::tempdir().unwrap();
+    train::save_checkpoint(&m, dir.path(), Some("tiny")).unwrap();
+    let lcfg = train::read_adapter_config(dir.path()).unwrap();
+    assert_eq!(lcfg.rank, 4);
+    let mut m2 = tiny(false);
+    m2.attach_lora(&lcfg, 99).unwrap();
+    train::load_adapter(&m2, dir.path()).unwrap();
+    let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "reloaded adapter differs by {d}");
+    let names: Vec<String> = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert!(names.contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+}
+
+#[test]
+fn full_checkpoints_round_trip_and_resume_the_optimiser() {
+    let m = tiny(true);
+    let ids = seq();
+    let mut opt = AdamW::new(m.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let g = loss(&m, &ids).backward().unwrap();
+    opt.step(&g, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    train::save_checkpoint(&m, dir.path(), None).unwrap();
+    let state = opt.state_tensors().unwrap();
+    let cfg = LlamaConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
+    let src = WeightSource::open_safetensors_dir(dir.path()).unwrap();
+    let m2 = Llama::load(&src, &cfg, WeightMode::Dense { dtype: DType::F32, trainable: true }, &Device::Cpu).unwrap();
+    let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6);
+    // The resumed optimiser takes the same next step as the original.
+    let mut opt2 = AdamW::new(m2.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    opt2.load_state(&state).unwrap();
+    assert_eq!(opt2.steps(), 1);
+    let g1 = loss(&m, &ids).backward().unwrap();
+    opt.step(&g1, None).unwrap();
+    let g2 = loss(&m2, &ids).backward().unwrap();
+    opt2.step(&g2, None).unwrap();
+    let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5, "resumed training diverged by {d}");
+}
+
+#[test]
+fn bad_inputs_give_errors_not_panics() {
+    let m = tiny(true);
+    let ids = seq();
+    assert!(token_logprobs(&m, &ids, 0, false).is_err());
+    assert!(token_logprobs(&m, &ids, 12, false).is_err());
+    let oov = Tensor::from_vec(vec![1u32, 500], (1, 2), &Device::Cpu).unwrap();
+    assert!(m.forward(&oov, ForwardOpts::default(), None).is_err());
+    let mut m2 = tiny(false);
+    assert!(m2.attach_lora(&LoraConfig { rank: 0, alpha: 1.0, ..Default::default() }, 0).is_err());
+    assert!(m2
+        .attach_lora(&LoraConfig { rank: 2, alpha: 1.0, targets: vec!["nope".into()] }, 0)
+        .is_err());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(WeightSource::open_safetensors_dir(dir.path()).is_err());
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"gpt2\"}").unwrap();
+    assert!(LlamaConfig::from_hf_json(&dir.path().join("config.json")).is_err());
+}

@@ -1,0 +1,138 @@
+//! `srcode generate`: one prompt (or `--n` samples of it, batched) through a local model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use srcode_lm::chat::ChatMessage;
+use srcode_lm::generate::{generate, SamplingParams};
+
+use crate::home;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// GGUF file or Hugging Face directory (default: the fetched default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The prompt text (use `-` to read it from standard input).
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for `--chat`.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Random seed (sample i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Number of samples, decoded together as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Print JSON: {text, token_ids, logprobs, prompt_tokens, new_tokens, seconds, tokens_per_second}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let path = home::resolve_model(a.model.as_deref())?;
+    let prompt = if a.prompt == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
+    } else {
+        a.prompt.clone()
+    };
+    if a.n == 0 {
+        anyhow::bail!("--n must be at least 1");
+    }
+    let device = candle_core_device()?;
+    let t_load = Instant::now();
+    let lm = srcode_lm::loader::load(&path, &device, None)
+        .with_context(|| format!("loading model {}", path.display()))?;
+    tracing::info!(seconds = t_load.elapsed().as_secs_f64(), "model loaded");
+    let text = if a.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", &prompt));
+        lm.chat.render(&msgs, true).context("rendering the chat template")?
+    } else {
+        prompt
+    };
+    let ids = lm.tokenizer.encode(&text, false).context("tokenizing the prompt")?;
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: a.stop.clone(),
+        stop_token_ids: lm.tokenizer.eos_token_ids(),
+    };
+    let prompts = vec![ids; a.n];
+    let t0 = Instant::now();
+    let (gens, stats) = generate(&lm.model, &lm.tokenizer, &prompts, &params)?;
+    let secs = t0.elapsed().as_secs_f64();
+    for g in &gens {
+        if a.json {
+            let new = g.token_ids.len();
+            let v = serde_json::json!({
+                "text": g.text,
+                "token_ids": g.token_ids,
+                "logprobs": g.logprobs,
+                "finish_reason": g.finish_reason,
+                "prompt_tokens": g.prompt_tokens,
+                "new_tokens": new,
+                "seconds": secs,
+                "tokens_per_second": stats.decode_tokens as f64 / secs.max(1e-9),
+                "prefill_seconds": stats.prefill_seconds,
+                "decode_seconds": stats.decode_seconds,
+            });
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            if a.n > 1 {
+                println!("--- sample ---");
+            }
+            println!("{}", g.text);
+        }
+    }
+    if !a.json {
+        eprintln!(
+            "[{} prompt + {} new tokens in {:.2}s: prefill {:.0} tok/s, decode {:.1} tok/s]",
+            gens.first().map_or(0, |g| g.prompt_tokens),
+            stats.decode_tokens,
+            secs,
+            stats.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9),
+            stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+/// The compute device: CUDA 0 when built with `--features cuda` and a GPU is present, else CPU.
+pub fn candle_core_device() -> Result<srcode_lm::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = srcode_lm::Device::new_cuda(0) {
+            return Ok(d);
+        }
+        tracing::warn!("built with CUDA but no GPU is usable; running on the CPU");
+    }
+    Ok(srcode_lm::Device::Cpu)
+}

@@ -1,0 +1,56 @@
+//! `srcode`: the command-line front of the srcode toolkit. The binary is thin: it parses
+//! arguments, sets up logging, and calls library functions that tests call too.
+
+mod bench;
+mod generate;
+mod home;
+mod model_cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Teach code language models to write secure code, with token-level rewards.
+///
+/// srcode builds secure-repair datasets from real vulnerability fixes, trains a policy with SFT
+/// and token-level-reward RL, and evaluates both security and functionality. This build has the
+/// model runtime: fetching the default model, inspecting models, generating, and benchmarks.
+#[derive(Parser)]
+#[command(name = "srcode", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log level filter (error, warn, info, debug, trace) or a tracing directive.
+    #[arg(long, global = true, default_value = "warn", env = "SRCODE_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch and inspect models (the embedded default: SmolLM2-135M-Instruct GGUF).
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+    /// Generate text from a prompt with a local model (GGUF file or Hugging Face directory).
+    Generate(generate::GenerateArgs),
+    /// Measure the runtime on this machine: decode speed and training-step speed.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result: Result<()> = match cli.command {
+        Command::Model(c) => model_cmd::run(c),
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(c) => bench::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
