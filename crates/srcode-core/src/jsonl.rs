@@ -28,7 +28,9 @@ pub enum JsonlError {
 
 /// Reads every record of a JSONL file. Blank lines are skipped. Returns the good records and, for
 /// each bad line, an error with its file and 1-based line number.
-pub fn read_lenient<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Vec<JsonlError>), JsonlError> {
+pub fn read_lenient<T: DeserializeOwned>(
+    path: &Path,
+) -> Result<(Vec<T>, Vec<JsonlError>), JsonlError> {
     let f = File::open(path).map_err(|source| JsonlError::Io {
         path: path.into(),
         source,
@@ -101,7 +103,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("srcode-jsonl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("a.jsonl");
-        std::fs::write(&p, "{\"id\":1,\"text\":\"a\"}\n\n{\"id\":\"x\"}\n{\"id\":3,\"text\":\"c\"}\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"id\":1,\"text\":\"a\"}\n\n{\"id\":\"x\"}\n{\"id\":3,\"text\":\"c\"}\n",
+        )
+        .unwrap();
         let (good, bad) = read_lenient::<Rec>(&p).unwrap();
         assert_eq!(good.len(), 2);
         assert_eq!(bad.len(), 1);

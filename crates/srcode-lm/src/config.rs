@@ -85,17 +85,22 @@ impl LlamaConfig {
             ));
         }
         if self.num_attention_heads == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
-            return bad("hidden_size, num_attention_heads and num_hidden_layers must be > 0".into());
+            return bad(
+                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
+            );
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_size() % 2 != 0 {
-            return bad(format!("head size {} is odd; RoPE needs an even size", self.head_size()));
+        if !self.head_size().is_multiple_of(2) {
+            return bad(format!(
+                "head size {} is odd; RoPE needs an even size",
+                self.head_size()
+            ));
         }
         Ok(())
     }
@@ -155,7 +160,9 @@ impl LlamaConfig {
             // Decided by the loader from the presence of `output.weight`.
             tie_word_embeddings: false,
             attention_bias: model_type == "qwen2",
-            bos_token_id: md_u(md, "tokenizer.ggml.bos_token_id").ok().map(|v| v as u32),
+            bos_token_id: md_u(md, "tokenizer.ggml.bos_token_id")
+                .ok()
+                .map(|v| v as u32),
             eos_token_id: md_u(md, "tokenizer.ggml.eos_token_id")
                 .ok()
                 .map(|v| serde_json::Value::from(v as u64)),
@@ -218,7 +225,10 @@ pub(crate) fn md_u(md: &HashMap<String, gguf_file::Value>, key: &str) -> Result<
         other => {
             return Err(LmError::Metadata {
                 key: key.into(),
-                reason: format!("expected a non-negative integer, found {:?}", other.value_type()),
+                reason: format!(
+                    "expected a non-negative integer, found {:?}",
+                    other.value_type()
+                ),
             })
         }
     };

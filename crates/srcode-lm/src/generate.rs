@@ -110,7 +110,13 @@ pub fn sample_row(
     let argmax = logits
         .iter()
         .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc })
+        .fold((0usize, f32::NEG_INFINITY), |acc, (i, &x)| {
+            if x > acc.1 {
+                (i, x)
+            } else {
+                acc
+            }
+        })
         .0;
     if p.temperature <= 0.0 || p.top_k == Some(1) {
         return (argmax as u32, logits[argmax] - lse);
@@ -189,7 +195,9 @@ pub fn generate(
         return Ok((Vec::new(), GenerationStats::default()));
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(LmError::InvalidArgument(format!("prompt {i} has no tokens")));
+        return Err(LmError::InvalidArgument(format!(
+            "prompt {i} has no tokens"
+        )));
     }
     let ctx = model.config().max_position_embeddings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -348,7 +356,12 @@ mod tests {
     fn greedy_picks_argmax_and_reports_its_logprob() {
         let logits = [1.0f32, 3.0, 2.0];
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let (t, lp) = sample_row(&logits, &SamplingParams::default(), &mut rng, &mut Vec::new());
+        let (t, lp) = sample_row(
+            &logits,
+            &SamplingParams::default(),
+            &mut rng,
+            &mut Vec::new(),
+        );
         assert_eq!(t, 1);
         let lse = (1f32.exp() + 3f32.exp() + 2f32.exp()).ln();
         assert!((lp - (3.0 - lse)).abs() < 1e-5);

@@ -73,14 +73,8 @@ fn read_meta(path: &Path) -> Result<(ModelMeta, WeightSource)> {
             };
             let config = LlamaConfig::from_gguf(&content.metadata)?;
             let tokenizer = Tokenizer::from_gguf(content)?;
-            let chat = match content.metadata.get("tokenizer.chat_template") {
-                Some(candle_core::quantized::gguf_file::Value::String(t)) => ChatTemplate::new(
-                    t,
-                    tokenizer.bos_token().as_deref(),
-                    tokenizer.eos_token().as_deref(),
-                )?,
-                _ => ChatTemplate::chatml_fallback(),
-            };
+            let chat = ChatTemplate::from_gguf(content, &tokenizer)?
+                .unwrap_or_else(ChatTemplate::chatml_fallback);
             let stored_dtype = content
                 .tensor_infos
                 .get("blk.0.attn_q.weight")
@@ -105,7 +99,8 @@ fn read_meta(path: &Path) -> Result<(ModelMeta, WeightSource)> {
             let config = LlamaConfig::from_hf_json(&path.join("config.json"))?;
             let tok_path = path.join("tokenizer.json");
             let tokenizer = Tokenizer::from_file(&tok_path)?;
-            let chat = hf_chat_template(path, &tokenizer)?;
+            let chat = ChatTemplate::from_tokenizer_config(path.join("tokenizer_config.json"))?
+                .unwrap_or_else(ChatTemplate::chatml_fallback);
             let src = WeightSource::open_safetensors_dir(path)?;
             let stored_dtype = match &src {
                 WeightSource::Safetensors { tensors, .. } => tensors
@@ -134,48 +129,6 @@ fn read_meta(path: &Path) -> Result<(ModelMeta, WeightSource)> {
                 src,
             ))
         }
-    }
-}
-
-/// Chat template of a Hugging Face directory: `chat_template.jinja`, else `tokenizer_config.json`'s
-/// `chat_template` (a string, or a list of named templates of which `default` is taken), else
-/// ChatML.
-fn hf_chat_template(dir: &Path, tok: &Tokenizer) -> Result<ChatTemplate> {
-    let jinja = dir.join("chat_template.jinja");
-    let cfg_path = dir.join("tokenizer_config.json");
-    let cfg: Option<serde_json::Value> = match std::fs::read_to_string(&cfg_path) {
-        Ok(t) => Some(serde_json::from_str(&t).map_err(|source| LmError::Json {
-            context: cfg_path.display().to_string(),
-            source,
-        })?),
-        Err(_) => None,
-    };
-    let token_str = |k: &str| -> Option<String> {
-        let v = cfg.as_ref()?.get(k)?;
-        v.as_str()
-            .map(str::to_string)
-            .or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
-    };
-    let bos = token_str("bos_token").or_else(|| tok.bos_token());
-    let eos = token_str("eos_token").or_else(|| tok.eos_token());
-    let template = if jinja.is_file() {
-        Some(std::fs::read_to_string(&jinja).map_err(|e| LmError::io(&jinja, e))?)
-    } else {
-        match cfg.as_ref().and_then(|c| c.get("chat_template")) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .or_else(|| list.first())
-                .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-                .map(str::to_string),
-            _ => None,
-        }
-    };
-    match template {
-        Some(t) => ChatTemplate::new(&t, bos.as_deref(), eos.as_deref()),
-        None => Ok(ChatTemplate::chatml_fallback()),
     }
 }
 

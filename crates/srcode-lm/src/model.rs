@@ -108,7 +108,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = match &self.weight {
             Weight::Dense(w) => matmul_wt(x, w)?,
-            Weight::Quant(q) => q.forward(x)?,
+            Weight::Quant(q) => q.forward(&x.contiguous()?)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -369,9 +369,13 @@ impl Llama {
         let mut put = |name: String, shape: &[usize], std: f32, ones: bool| -> Result<()> {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = if ones {
-                (0..n).map(|_| 1.0 + rng.random_range(-0.1f32..0.1)).collect()
+                (0..n)
+                    .map(|_| 1.0 + rng.random_range(-0.1f32..0.1))
+                    .collect()
             } else {
-                (0..n).map(|_| rng.random_range(-1.0f32..1.0) * std).collect()
+                (0..n)
+                    .map(|_| rng.random_range(-1.0f32..1.0) * std)
+                    .collect()
             };
             tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
             Ok(())
@@ -381,11 +385,21 @@ impl Llama {
         let q = cfg.num_attention_heads * hd;
         let kv = cfg.kv_heads() * hd;
         let s = 1.0 / (h as f32).sqrt();
-        put("model.embed_tokens.weight".into(), &[cfg.vocab_size, h], 0.5, false)?;
+        put(
+            "model.embed_tokens.weight".into(),
+            &[cfg.vocab_size, h],
+            0.5,
+            false,
+        )?;
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             put(format!("{p}.input_layernorm.weight"), &[h], 0.0, true)?;
-            put(format!("{p}.post_attention_layernorm.weight"), &[h], 0.0, true)?;
+            put(
+                format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+                0.0,
+                true,
+            )?;
             put(format!("{p}.self_attn.q_proj.weight"), &[q, h], s, false)?;
             put(format!("{p}.self_attn.k_proj.weight"), &[kv, h], s, false)?;
             put(format!("{p}.self_attn.v_proj.weight"), &[kv, h], s, false)?;
@@ -394,11 +408,31 @@ impl Llama {
                 put(format!("{p}.self_attn.k_proj.bias"), &[kv], 0.1, false)?;
                 put(format!("{p}.self_attn.v_proj.bias"), &[kv], 0.1, false)?;
             }
-            put(format!("{p}.self_attn.o_proj.weight"), &[h, q], 1.0 / (q as f32).sqrt(), false)?;
-            put(format!("{p}.mlp.gate_proj.weight"), &[cfg.intermediate_size, h], s, false)?;
-            put(format!("{p}.mlp.up_proj.weight"), &[cfg.intermediate_size, h], s, false)?;
+            put(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[h, q],
+                1.0 / (q as f32).sqrt(),
+                false,
+            )?;
+            put(
+                format!("{p}.mlp.gate_proj.weight"),
+                &[cfg.intermediate_size, h],
+                s,
+                false,
+            )?;
+            put(
+                format!("{p}.mlp.up_proj.weight"),
+                &[cfg.intermediate_size, h],
+                s,
+                false,
+            )?;
             let sd = 1.0 / (cfg.intermediate_size as f32).sqrt();
-            put(format!("{p}.mlp.down_proj.weight"), &[h, cfg.intermediate_size], sd, false)?;
+            put(
+                format!("{p}.mlp.down_proj.weight"),
+                &[h, cfg.intermediate_size],
+                sd,
+                false,
+            )?;
         }
         put("model.norm.weight".into(), &[h], 0.0, true)?;
         if !cfg.tie_word_embeddings {
@@ -501,7 +535,13 @@ impl Llama {
         let mut params = Vec::new();
         for b in self.layers.iter_mut() {
             for l in [
-                &mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down,
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
             ] {
                 if let Weight::Dense(w) = &l.weight {
                     l.weight = Weight::Dense(w.detach());
@@ -520,8 +560,14 @@ impl Llama {
                     &Tensor::from_vec(a, (lcfg.rank, inn), &device)?.to_dtype(dtype)?,
                 )?;
                 let bz = Var::zeros((out, lcfg.rank), dtype, &device)?;
-                params.push((format!("base_model.model.{}.lora_A.weight", l.name), a.clone()));
-                params.push((format!("base_model.model.{}.lora_B.weight", l.name), bz.clone()));
+                params.push((
+                    format!("base_model.model.{}.lora_A.weight", l.name),
+                    a.clone(),
+                ));
+                params.push((
+                    format!("base_model.model.{}.lora_B.weight", l.name),
+                    bz.clone(),
+                ));
                 l.lora = Some(Lora { a, b: bz, scale });
             }
             b.input_norm = b.input_norm.detach();
@@ -582,7 +628,10 @@ impl Llama {
             )
         };
         let mask = self.mask(b, t, offset, opts.pad_left)?;
-        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, ()))?;
+        let mut x = self
+            .embed
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, t, ()))?;
         let eps = self.cfg.rms_norm_eps;
         for (li, blk) in self.layers.iter().enumerate() {
             let residual = x.clone();
@@ -644,9 +693,24 @@ impl Llama {
         let nh = self.cfg.num_attention_heads;
         let nkv = self.cfg.kv_heads();
         let hd = self.cfg.head_size();
-        let q = blk.q.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = blk.k.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = blk.v.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = blk
+            .q
+            .forward(x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = blk
+            .k
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = blk
+            .v
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let (k, v) = match cache {
@@ -683,7 +747,13 @@ impl Llama {
 
     /// Additive attention mask `[b, 1, 1, t, s]` (causal + left padding), or `None` when a single
     /// unpadded query needs none.
-    fn mask(&self, b: usize, t: usize, offset: usize, pad_left: &[usize]) -> Result<Option<Tensor>> {
+    fn mask(
+        &self,
+        b: usize,
+        t: usize,
+        offset: usize,
+        pad_left: &[usize],
+    ) -> Result<Option<Tensor>> {
         let padded = pad_left.iter().any(|&p| p > 0);
         if t == 1 && !padded {
             return Ok(None);
@@ -717,12 +787,10 @@ impl Llama {
         let dense = |l: &Linear, out: &mut Vec<(String, Tensor)>| -> Result<()> {
             match &l.weight {
                 Weight::Dense(w) => out.push((format!("{}.weight", l.name), w.clone())),
-                Weight::Quant(_) => {
-                    return Err(LmError::InvalidArgument(
-                        "a quantised model has no dense weights to save; load it with dense weights"
-                            .into(),
-                    ))
-                }
+                Weight::Quant(_) => return Err(LmError::InvalidArgument(
+                    "a quantised model has no dense weights to save; load it with dense weights"
+                        .into(),
+                )),
             }
             if let Some(b) = &l.bias {
                 out.push((format!("{}.bias", l.name), b.clone()));
@@ -732,7 +800,10 @@ impl Llama {
         for (i, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), b.input_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), b.post_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_norm.clone(),
+            ));
             for l in [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down] {
                 dense(l, &mut out)?;
             }
@@ -765,7 +836,10 @@ impl Llama {
     }
 
     /// Overwrites LoRA adapter values from PEFT-named tensors (adapters must be attached).
-    pub fn set_lora_weights(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+    pub fn set_lora_weights(
+        &self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
         let mut n = 0;
         for (name, var) in &self.params {
             let t = tensors.get(name).ok_or_else(|| {
@@ -782,7 +856,9 @@ impl Llama {
             n += 1;
         }
         if n == 0 {
-            return Err(LmError::InvalidArgument("no LoRA adapters are attached".into()));
+            return Err(LmError::InvalidArgument(
+                "no LoRA adapters are attached".into(),
+            ));
         }
         Ok(())
     }

@@ -38,7 +38,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor
     }
     let d = x.dim(D::Minus1)?;
     let (cos, sin) = match cos.rank() {
-        2 => (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?),
+        2 => (
+            cos.unsqueeze(0)?.unsqueeze(0)?,
+            sin.unsqueeze(0)?.unsqueeze(0)?,
+        ),
         _ => (cos.unsqueeze(1)?, sin.unsqueeze(1)?),
     };
     let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
@@ -132,7 +135,10 @@ trait StackWith {
 impl StackWith for Tensor {
     /// `[2, n]` f32: row 0 the targets (as exact small integers), row 1 the gradient.
     fn stack_with(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
-        Tensor::stack(&[&self.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?], 0)
+        Tensor::stack(
+            &[&self.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?],
+            0,
+        )
     }
 }
 

@@ -27,7 +27,14 @@ pub fn token_logprobs(model: &Llama, ids: &Tensor, start: usize, grad: bool) -> 
             "scored positions must start in 1..{t} (the first token has no context), got {start}"
         )));
     }
-    let hidden = model.forward_hidden(ids, ForwardOpts { pad_left: &[], grad }, None)?;
+    let hidden = model.forward_hidden(
+        ids,
+        ForwardOpts {
+            pad_left: &[],
+            grad,
+        },
+        None,
+    )?;
     let n = t - start;
     let h = hidden.narrow(1, start - 1, n)?;
     let logits = model.logits(&h)?.reshape((b * n, ()))?;
@@ -221,7 +228,12 @@ impl AdamW {
         let step = state
             .get("step")
             .ok_or_else(|| LmError::InvalidArgument("optimiser state lacks `step`".into()))?;
-        self.step = step.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
+        self.step = step
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0) as u64;
         Ok(())
     }
 }
@@ -257,7 +269,8 @@ impl AdamUpdate<'_> {
         let mt = ((mt * self.b1 as f64)? + (&g * (1.0 - self.b1) as f64)?)?;
         let vt = ((vt * self.b2 as f64)? + (g.sqr()? * (1.0 - self.b2) as f64)?)?;
         let p = var.as_tensor().to_dtype(DType::F32)?;
-        let upd = ((&mt / self.bc1 as f64)? / ((&vt / self.bc2 as f64)?.sqrt()? + self.eps as f64)?)?;
+        let upd =
+            ((&mt / self.bc1 as f64)? / ((&vt / self.bc2 as f64)?.sqrt()? + self.eps as f64)?)?;
         let p = ((p * (1.0 - (self.lr * self.wd) as f64))? - (upd * self.lr as f64)?)?;
         var.set(&p.to_dtype(var.dtype())?)?;
         *m = mt.flatten_all()?.to_vec1()?;
@@ -288,8 +301,14 @@ impl InplaceOp2 for AdamUpdate<'_> {
             _ => candle_core::bail!("adamw: fused update needs f32 parameters"),
         };
         let g = &s2.as_slice::<f32>()?[a2..e2];
-        let mut m = self.m.lock().map_err(|_| candle_core::Error::Msg("lock".into()))?;
-        let mut v = self.v.lock().map_err(|_| candle_core::Error::Msg("lock".into()))?;
+        let mut m = self
+            .m
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lock".into()))?;
+        let mut v = self
+            .v
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lock".into()))?;
         if p.len() != g.len() || m.len() != p.len() {
             candle_core::bail!("adamw: parameter, gradient and state sizes differ");
         }
@@ -392,7 +411,10 @@ pub fn read_adapter_config(dir: &Path) -> Result<crate::model::LoraConfig> {
         path: path.clone(),
         reason: format!("`{k}` is missing or has the wrong type"),
     };
-    let rank = v.get("r").and_then(|x| x.as_u64()).ok_or_else(|| bad("r"))? as usize;
+    let rank = v
+        .get("r")
+        .and_then(|x| x.as_u64())
+        .ok_or_else(|| bad("r"))? as usize;
     let alpha = v
         .get("lora_alpha")
         .and_then(|x| x.as_f64())

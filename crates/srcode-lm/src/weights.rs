@@ -35,11 +35,10 @@ impl WeightSource {
     pub fn open_gguf(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| LmError::io(path, e))?;
         let mut reader = BufReader::new(file);
-        let content =
-            gguf_file::Content::read(&mut reader).map_err(|e| LmError::BadModelFile {
-                path: path.into(),
-                reason: format!("not a readable GGUF file ({e})"),
-            })?;
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| LmError::BadModelFile {
+            path: path.into(),
+            reason: format!("not a readable GGUF file ({e})"),
+        })?;
         Ok(WeightSource::Gguf {
             path: path.into(),
             content,
@@ -92,8 +91,9 @@ impl WeightSource {
     /// Whether a tensor with this Hugging Face name exists.
     pub fn contains(&self, hf_name: &str) -> bool {
         match self {
-            WeightSource::Gguf { content, .. } => gguf_name(hf_name)
-                .is_some_and(|n| content.tensor_infos.contains_key(&n)),
+            WeightSource::Gguf { content, .. } => {
+                gguf_name(hf_name).is_some_and(|n| content.tensor_infos.contains_key(&n))
+            }
             WeightSource::Safetensors { tensors, .. } => tensors.contains_key(hf_name),
         }
     }
@@ -131,12 +131,13 @@ impl WeightSource {
             return Err(self.missing(hf_name));
         }
         let mut r = reader.borrow_mut();
-        let q = content
-            .tensor(&mut *r, &name, &Device::Cpu)
-            .map_err(|e| LmError::BadModelFile {
-                path: path.clone(),
-                reason: format!("tensor `{name}`: {e}"),
-            })?;
+        let q =
+            content
+                .tensor(&mut *r, &name, &Device::Cpu)
+                .map_err(|e| LmError::BadModelFile {
+                    path: path.clone(),
+                    reason: format!("tensor `{name}`: {e}"),
+                })?;
         let heads = if hf_name.ends_with("q_proj.weight") || hf_name.ends_with("q_proj.bias") {
             Some(cfg.num_attention_heads)
         } else if hf_name.ends_with("k_proj.weight") || hf_name.ends_with("k_proj.bias") {

@@ -17,7 +17,12 @@ fn seq() -> Tensor {
 }
 
 fn loss(m: &Llama, ids: &Tensor) -> Tensor {
-    token_logprobs(m, ids, 1, true).unwrap().mean_all().unwrap().neg().unwrap()
+    token_logprobs(m, ids, 1, true)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap()
 }
 
 #[test]
@@ -42,21 +47,35 @@ fn gradients_match_finite_differences() {
         "model.norm.weight",
     ] {
         let (_, var) = m.trainable().iter().find(|(n, _)| n == name).unwrap();
-        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let orig = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // The coordinates with the largest gradients (small ones drown in f32 noise).
         let mut idx: Vec<usize> = (0..g.len()).collect();
         idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
         for &i in idx.iter().take(3) {
             let mut plus = orig.clone();
             plus[i] += eps;
-            var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(plus, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let lp = loss(&m, &ids).to_scalar::<f32>().unwrap();
             let mut minus = orig.clone();
             minus[i] -= eps;
-            var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(minus, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let lm = loss(&m, &ids).to_scalar::<f32>().unwrap();
-            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let fd = (lp - lm) / (2.0 * eps);
             let tol = 2e-3 + 0.05 * g[i].abs();
             assert!(
@@ -79,7 +98,13 @@ fn every_trainable_tensor_receives_a_gradient() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient reached {name}"));
-        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(n > 0.0, "gradient of {name} is zero");
     }
 }
@@ -111,7 +136,12 @@ fn fused_adamw_matches_the_textbook_update() {
     // One parameter, two steps, hand-computed.
     let m = tiny(true);
     let (_, var) = m.trainable()[0].clone();
-    let p0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let p0 = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
     let cfg = AdamWConfig {
         lr: 0.1,
         beta1: 0.9,
@@ -124,7 +154,12 @@ fn fused_adamw_matches_the_textbook_update() {
     let l = (var.as_tensor() * &ones).unwrap().sum_all().unwrap(); // gradient 1 everywhere
     let grads = l.backward().unwrap();
     opt.step(&grads, None).unwrap();
-    let p1 = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let p1 = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
     // Step 1: m̂ = 1, v̂ = 1 → p ← p(1 − lr·wd) − lr · 1/(1 + eps)
     let want = p0 * (1.0 - 0.1 * 0.01) - 0.1 / (1.0 + 1e-8);
     assert!((p1 - want).abs() < 1e-6, "{p1} vs {want}");
@@ -137,17 +172,32 @@ fn incremental_decoding_matches_the_full_forward() {
     let full = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let mut cache = m.new_cache();
     let a = m
-        .forward(&ids.narrow(1, 0, 7).unwrap(), ForwardOpts::default(), Some(&mut cache))
+        .forward(
+            &ids.narrow(1, 0, 7).unwrap(),
+            ForwardOpts::default(),
+            Some(&mut cache),
+        )
         .unwrap();
     let mut parts = vec![a];
     for i in 7..12 {
         parts.push(
-            m.forward(&ids.narrow(1, i, 1).unwrap(), ForwardOpts::default(), Some(&mut cache))
-                .unwrap(),
+            m.forward(
+                &ids.narrow(1, i, 1).unwrap(),
+                ForwardOpts::default(),
+                Some(&mut cache),
+            )
+            .unwrap(),
         );
     }
     let inc = Tensor::cat(&parts, 1).unwrap();
-    let d = (full - inc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (full - inc)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -156,7 +206,11 @@ fn left_padding_does_not_change_a_row() {
     let m = tiny(false);
     let short: Vec<u32> = vec![4, 8, 15, 16];
     let alone = m
-        .forward(&Tensor::from_vec(short.clone(), (1, 4), &Device::Cpu).unwrap(), ForwardOpts::default(), None)
+        .forward(
+            &Tensor::from_vec(short.clone(), (1, 4), &Device::Cpu).unwrap(),
+            ForwardOpts::default(),
+            None,
+        )
         .unwrap();
     let mut padded = vec![0u32, 0, 0];
     padded.extend(&short);
@@ -168,7 +222,14 @@ fn left_padding_does_not_change_a_row() {
     };
     let out = m.forward(&batch, opts, None).unwrap();
     let row = out.get(0).unwrap().narrow(0, 3, 4).unwrap();
-    let d = (row - alone.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (row - alone.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -176,9 +237,25 @@ fn left_padding_does_not_change_a_row() {
 fn grad_and_inference_kernels_agree() {
     let m = tiny(true);
     let ids = seq();
-    let a = m.forward(&ids, ForwardOpts { pad_left: &[], grad: true }, None).unwrap();
+    let a = m
+        .forward(
+            &ids,
+            ForwardOpts {
+                pad_left: &[],
+                grad: true,
+            },
+            None,
+        )
+        .unwrap();
     let b = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -187,12 +264,34 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     let mut m = tiny(false);
     let ids = seq();
     let before = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    m.attach_lora(&LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 1).unwrap();
+    m.attach_lora(
+        &LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
     assert_eq!(m.trainable().len(), 2 * 7 * 2);
     let after = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (&before - &after).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (&before - &after)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-6);
-    let mut opt = AdamW::new(m.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        m.trainable(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let l0 = loss(&m, &ids).to_scalar::<f32>().unwrap();
     for _ in 0..6 {
         let g = loss(&m, &ids).backward().unwrap();
@@ -210,20 +309,36 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     train::load_adapter(&m2, dir.path()).unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(d < 1e-6, "reloaded adapter differs by {d}");
-    let names: Vec<String> = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+    let d = (a - b)
         .unwrap()
-        .into_keys()
-        .collect();
-    assert!(names.contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6, "reloaded adapter differs by {d}");
+    let names: Vec<String> =
+        candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
+    assert!(names
+        .contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
 }
 
 #[test]
 fn full_checkpoints_round_trip_and_resume_the_optimiser() {
     let m = tiny(true);
     let ids = seq();
-    let mut opt = AdamW::new(m.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        m.trainable(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let g = loss(&m, &ids).backward().unwrap();
     opt.step(&g, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -231,13 +346,36 @@ fn full_checkpoints_round_trip_and_resume_the_optimiser() {
     let state = opt.state_tensors().unwrap();
     let cfg = LlamaConfig::from_hf_json(&dir.path().join("config.json")).unwrap();
     let src = WeightSource::open_safetensors_dir(dir.path()).unwrap();
-    let m2 = Llama::load(&src, &cfg, WeightMode::Dense { dtype: DType::F32, trainable: true }, &Device::Cpu).unwrap();
+    let m2 = Llama::load(
+        &src,
+        &cfg,
+        WeightMode::Dense {
+            dtype: DType::F32,
+            trainable: true,
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-6);
     // The resumed optimiser takes the same next step as the original.
-    let mut opt2 = AdamW::new(m2.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
+    let mut opt2 = AdamW::new(
+        m2.trainable(),
+        AdamWConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     opt2.load_state(&state).unwrap();
     assert_eq!(opt2.steps(), 1);
     let g1 = loss(&m, &ids).backward().unwrap();
@@ -246,7 +384,14 @@ fn full_checkpoints_round_trip_and_resume_the_optimiser() {
     opt2.step(&g2, None).unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-5, "resumed training diverged by {d}");
 }
 
@@ -259,9 +404,25 @@ fn bad_inputs_give_errors_not_panics() {
     let oov = Tensor::from_vec(vec![1u32, 500], (1, 2), &Device::Cpu).unwrap();
     assert!(m.forward(&oov, ForwardOpts::default(), None).is_err());
     let mut m2 = tiny(false);
-    assert!(m2.attach_lora(&LoraConfig { rank: 0, alpha: 1.0, ..Default::default() }, 0).is_err());
     assert!(m2
-        .attach_lora(&LoraConfig { rank: 2, alpha: 1.0, targets: vec!["nope".into()] }, 0)
+        .attach_lora(
+            &LoraConfig {
+                rank: 0,
+                alpha: 1.0,
+                ..Default::default()
+            },
+            0
+        )
+        .is_err());
+    assert!(m2
+        .attach_lora(
+            &LoraConfig {
+                rank: 2,
+                alpha: 1.0,
+                targets: vec!["nope".into()]
+            },
+            0
+        )
         .is_err());
     let dir = tempfile::tempdir().unwrap();
     assert!(WeightSource::open_safetensors_dir(dir.path()).is_err());

