@@ -18,19 +18,37 @@ pub mod ops;
 pub mod train;
 pub mod weights;
 
+pub use candle_core::quantized;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::LlamaConfig;
 pub use model::{ForwardOpts, KvCache, Llama, LoraConfig, WeightMode};
 
-/// Tunes candle's CPU thread pool for this process. Call once at start-up, before any tensor work.
-///
-/// candle's element-wise kernels run on a barrier pool whose idle workers spin for a long time,
-/// while matrix products run on rayon's threads; on a small machine the spinning workers steal
-/// the cores the matrix products need (a profile of a training step showed 39% of the time in
-/// the pool's barrier). A short spin limit halves the step time on 2 cores. An explicit
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` in the environment wins.
-pub fn init_cpu_runtime() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
+/// What a process mostly does, which decides how candle's CPU threads should behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuWorkload {
+    /// Decoding: quantised matrix-vector products run on candle's barrier pool, whose workers
+    /// should spin between the many small operations of a token.
+    Inference,
+    /// Training: matrix products run on rayon's threads (gemm), and candle's barrier-pool workers
+    /// spinning beside them steal the cores (a profile of a training step showed 39% of the time
+    /// in the pool's barrier). Element-wise work stays on the calling thread.
+    Training,
+}
+
+/// Tunes candle's CPU thread pool for this process. Call once at start-up, before any tensor
+/// work. Variables already set in the environment (`CANDLE_NUM_THREADS`,
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`) win.
+pub fn init_cpu_runtime(workload: CpuWorkload) {
+    let set = |k: &str, v: &str| {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    };
+    match workload {
+        CpuWorkload::Inference => {}
+        CpuWorkload::Training => {
+            set("CANDLE_NUM_THREADS", "1");
+            set("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
+        }
     }
 }

@@ -150,3 +150,40 @@ pub fn load(path: &Path, device: &Device, mode: Option<WeightMode>) -> Result<Lo
         format: meta.format,
     })
 }
+
+/// Writes a self-contained Hugging Face directory: the checkpoint (see
+/// [`crate::train::save_checkpoint`]), `tokenizer.json`, `tokenizer_config.json` (special-token
+/// names and the chat template) and `generation_config.json` (end ids). `srcode generate --model
+/// DIR` and `transformers` load it as it is. A model with LoRA adapters is written as a PEFT
+/// adapter directory beside the same tokenizer files.
+pub fn save_pretrained(lm: &LoadedModel, dir: &Path) -> Result<()> {
+    let base = lm.path.display().to_string();
+    crate::train::save_checkpoint(&lm.model, dir, Some(&base))?;
+    let tok_path = dir.join("tokenizer.json");
+    lm.tokenizer
+        .inner()
+        .save(&tok_path, false)
+        .map_err(|e| LmError::Tokenizer(format!("writing {}: {e}", tok_path.display())))?;
+    let cfg = serde_json::json!({
+        "bos_token": lm.tokenizer.bos_token(),
+        "eos_token": lm.tokenizer.eos_token(),
+        "chat_template": lm.chat.source(),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    let gen = serde_json::json!({
+        "bos_token_id": lm.tokenizer.bos_token_id(),
+        "eos_token_id": lm.tokenizer.eos_token_ids(),
+    });
+    for (name, v) in [
+        ("tokenizer_config.json", cfg),
+        ("generation_config.json", gen),
+    ] {
+        let p = dir.join(name);
+        let text = serde_json::to_string_pretty(&v).map_err(|source| LmError::Json {
+            context: p.display().to_string(),
+            source,
+        })?;
+        std::fs::write(&p, text).map_err(|e| LmError::io(&p, e))?;
+    }
+    Ok(())
+}

@@ -182,3 +182,52 @@ fn sampling_is_reproducible_with_a_seed() {
     assert_eq!(a[0].token_ids, b[0].token_ids);
     assert_eq!(a[1].token_ids, b[1].token_ids);
 }
+
+#[test]
+fn a_saved_checkpoint_loads_as_a_hugging_face_directory() {
+    let Some(lm) = load(Some(WeightMode::Dense {
+        dtype: DType::F32,
+        trainable: false,
+    })) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    loader::save_pretrained(&lm, dir.path()).unwrap();
+    assert_eq!(
+        loader::detect_format(dir.path()).unwrap(),
+        loader::ModelFormat::HuggingFace
+    );
+    let back = loader::load(
+        dir.path(),
+        &Device::Cpu,
+        Some(WeightMode::Dense {
+            dtype: DType::F32,
+            trainable: false,
+        }),
+    )
+    .unwrap();
+    let text = "<|im_start|>user\nint main() { return 0; } // naïve 🙂<|im_end|>\n";
+    let a = lm.tokenizer.encode(text, false).unwrap();
+    assert_eq!(a, back.tokenizer.encode(text, false).unwrap());
+    assert_eq!(lm.tokenizer.eos_token_ids(), back.tokenizer.eos_token_ids());
+    let msgs = [ChatMessage::new("user", "hi")];
+    assert_eq!(
+        lm.chat.render(&msgs, true).unwrap(),
+        back.chat.render(&msgs, true).unwrap()
+    );
+    let t = Tensor::from_vec(a.clone(), (1, a.len()), &Device::Cpu).unwrap();
+    let la = lm.model.forward(&t, ForwardOpts::default(), None).unwrap();
+    let lb = back
+        .model
+        .forward(&t, ForwardOpts::default(), None)
+        .unwrap();
+    let d = (la - lb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-4, "reloaded logits differ by {d}");
+}

@@ -11,7 +11,7 @@ use srcode_lm::model::WeightMode;
 use srcode_lm::train::{token_logprobs, AdamW, AdamWConfig};
 use srcode_lm::{DType, Tensor};
 
-use crate::generate::candle_core_device;
+use crate::generate::{candle_core_device, parse_weights};
 use crate::home;
 
 #[derive(Subcommand)]
@@ -37,6 +37,9 @@ pub struct DecodeArgs {
     /// Timed repetitions (the median is reported) after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// How to hold the weights: q8_0 (default), q4_0, f32, bf16, f16.
+    #[arg(long)]
+    weights: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -80,7 +83,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
     let prompt = std::fs::read_to_string(&a.prompt_file)
         .with_context(|| format!("reading {}", a.prompt_file.display()))?;
     let device = candle_core_device()?;
-    let lm = srcode_lm::loader::load(&path, &device, None)?;
+    let lm = srcode_lm::loader::load(&path, &device, parse_weights(a.weights.as_deref())?)?;
     let ids = lm.tokenizer.encode(&prompt, false)?;
     let params = SamplingParams {
         max_new_tokens: a.new_tokens,
@@ -109,6 +112,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         "decode_tokens_per_second": agg / a.batch as f64,
         "aggregate_tokens_per_second": agg,
         "threads": rayon_threads(),
+        "weights": a.weights.as_deref().unwrap_or("q8_0"),
     });
     print_result(&v, a.json)
 }

@@ -45,6 +45,9 @@ pub struct GenerateArgs {
     /// Number of samples, decoded together as one batch.
     #[arg(long, default_value_t = 1)]
     pub n: usize,
+    /// How to hold the weights: q8_0 (default on CPU), q4_0, f32, bf16, f16.
+    #[arg(long)]
+    pub weights: Option<String>,
     /// Print JSON: {text, token_ids, logprobs, prompt_tokens, new_tokens, seconds, tokens_per_second}.
     #[arg(long)]
     pub json: bool,
@@ -62,7 +65,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let device = candle_core_device()?;
     let t_load = Instant::now();
-    let lm = srcode_lm::loader::load(&path, &device, None)
+    let lm = srcode_lm::loader::load(&path, &device, parse_weights(a.weights.as_deref())?)
         .with_context(|| format!("loading model {}", path.display()))?;
     tracing::info!(seconds = t_load.elapsed().as_secs_f64(), "model loaded");
     let text = if a.chat {
@@ -140,4 +143,25 @@ pub fn candle_core_device() -> Result<srcode_lm::Device> {
         tracing::warn!("built with CUDA but no GPU is usable; running on the CPU");
     }
     Ok(srcode_lm::Device::Cpu)
+}
+
+/// Parses a `--weights` value.
+pub fn parse_weights(s: Option<&str>) -> Result<Option<srcode_lm::WeightMode>> {
+    use srcode_lm::quantized::GgmlDType;
+    use srcode_lm::{DType, WeightMode};
+    let dense = |dtype| WeightMode::Dense {
+        dtype,
+        trainable: false,
+    };
+    Ok(Some(match s {
+        None => return Ok(None),
+        Some("q8_0") => WeightMode::Quantized(GgmlDType::Q8_0),
+        Some("q4_0") => WeightMode::Quantized(GgmlDType::Q4_0),
+        Some("f32") => dense(DType::F32),
+        Some("bf16") => dense(DType::BF16),
+        Some("f16") => dense(DType::F16),
+        Some(other) => {
+            anyhow::bail!("--weights {other}: expected one of q8_0, q4_0, f32, bf16, f16")
+        }
+    }))
 }
