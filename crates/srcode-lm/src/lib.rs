@@ -15,6 +15,7 @@ pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod ops;
+pub mod qmatmul;
 pub mod train;
 pub mod weights;
 

@@ -140,7 +140,15 @@ pub fn inspect(path: &Path) -> Result<ModelMeta> {
 /// Loads a model. `mode` defaults to [`WeightMode::inference_default`].
 pub fn load(path: &Path, device: &Device, mode: Option<WeightMode>) -> Result<LoadedModel> {
     let (meta, src) = read_meta(path)?;
-    let mode = mode.unwrap_or_else(|| WeightMode::inference_default(device));
+    // On the CPU a Q4_1 GGUF runs on the weights it ships (as llama.cpp does); everything else
+    // is quantised to Q8_0.
+    let mode = mode.unwrap_or_else(|| {
+        if device.is_cpu() && meta.stored_dtype == "Q4_1" {
+            WeightMode::Quantized(candle_core::quantized::GgmlDType::Q4_1)
+        } else {
+            WeightMode::inference_default(device)
+        }
+    });
     let model = Llama::load(&src, &meta.config, mode, device)?;
     Ok(LoadedModel {
         model,

@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::LlamaConfig;
 use crate::error::{LmError, Result};
 use crate::ops;
+use crate::qmatmul::{PackedKind, PackedMatrix};
 use crate::weights::WeightSource;
 
 /// How weights are held in memory.
@@ -81,8 +82,11 @@ impl Default for LoraConfig {
 pub enum Weight {
     /// `[out, in]`, possibly a `Var`'s tensor.
     Dense(Tensor),
-    /// Quantised, inference only.
+    /// Quantised with candle's kernels, inference only (CUDA, and formats srcode has no kernel
+    /// for).
     Quant(Arc<QMatMul>),
+    /// Quantised with srcode's CPU kernels (Q4_1, Q8_0), inference only.
+    Packed(Arc<PackedMatrix>),
 }
 
 /// A LoRA pair: `y += scale · (x Aᵀ) Bᵀ`, A `[r, in]`, B `[out, r]`.
@@ -109,6 +113,7 @@ impl Linear {
         let mut y = match &self.weight {
             Weight::Dense(w) => matmul_wt(x, w)?,
             Weight::Quant(q) => q.forward(&x.contiguous()?)?,
+            Weight::Packed(p) => p.forward(x)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -128,6 +133,7 @@ impl Linear {
                 QMatMul::QTensor(t) => Ok(t.shape().dims2()?),
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.dims2()?),
             },
+            Weight::Packed(p) => Ok((p.rows, p.cols)),
         }
     }
 }
@@ -278,8 +284,7 @@ impl Llama {
         let linear = |name: &str, params: &mut Vec<(String, Var)>| -> Result<Linear> {
             let weight = match mode {
                 WeightMode::Quantized(q) => {
-                    let qt = src.get_quantized(&format!("{name}.weight"), &cfg, q, device)?;
-                    Weight::Quant(Arc::new(QMatMul::from_qtensor(qt)?))
+                    quantized_weight(src, &format!("{name}.weight"), &cfg, q, device)?
                 }
                 WeightMode::Dense { .. } => {
                     Weight::Dense(dense(&format!("{name}.weight"), params)?)
@@ -328,8 +333,7 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             let weight = match mode {
                 WeightMode::Quantized(q) => {
-                    let qt = src.get_quantized("model.embed_tokens.weight", &cfg, q, device)?;
-                    Weight::Quant(Arc::new(QMatMul::from_qtensor(qt)?))
+                    quantized_weight(src, "model.embed_tokens.weight", &cfg, q, device)?
                 }
                 WeightMode::Dense { .. } => Weight::Dense(embed.clone()),
             };
@@ -787,7 +791,7 @@ impl Llama {
         let dense = |l: &Linear, out: &mut Vec<(String, Tensor)>| -> Result<()> {
             match &l.weight {
                 Weight::Dense(w) => out.push((format!("{}.weight", l.name), w.clone())),
-                Weight::Quant(_) => return Err(LmError::InvalidArgument(
+                Weight::Quant(_) | Weight::Packed(_) => return Err(LmError::InvalidArgument(
                     "a quantised model has no dense weights to save; load it with dense weights"
                         .into(),
                 )),
@@ -861,6 +865,30 @@ impl Llama {
             ));
         }
         Ok(())
+    }
+}
+
+/// A quantised weight matrix: srcode's own CPU kernels for Q4_1 and Q8_0, candle's otherwise.
+fn quantized_weight(
+    src: &WeightSource,
+    name: &str,
+    cfg: &LlamaConfig,
+    q: GgmlDType,
+    device: &Device,
+) -> Result<Weight> {
+    let packed = match q {
+        GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
+        GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
+        _ => None,
+    };
+    match packed {
+        Some(kind) if device.is_cpu() => {
+            Ok(Weight::Packed(Arc::new(src.get_packed(name, cfg, kind)?)))
+        }
+        _ => {
+            let qt = src.get_quantized(name, cfg, q, device)?;
+            Ok(Weight::Quant(Arc::new(QMatMul::from_qtensor(qt)?)))
+        }
     }
 }
 

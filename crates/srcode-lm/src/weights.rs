@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{LmError, Result};
+use crate::qmatmul::{PackedKind, PackedMatrix};
 
 /// Where a model's weights come from.
 pub enum WeightSource {
@@ -138,14 +139,7 @@ impl WeightSource {
                     path: path.clone(),
                     reason: format!("tensor `{name}`: {e}"),
                 })?;
-        let heads = if hf_name.ends_with("q_proj.weight") || hf_name.ends_with("q_proj.bias") {
-            Some(cfg.num_attention_heads)
-        } else if hf_name.ends_with("k_proj.weight") || hf_name.ends_with("k_proj.bias") {
-            Some(cfg.kv_heads())
-        } else {
-            None
-        };
-        match heads {
+        match qk_heads(hf_name, cfg) {
             // llama.cpp's converter permutes Q/K rows of Llama models for its interleaved RoPE;
             // Qwen2 files are written unpermuted.
             Some(h) if cfg.model_type == "llama" => {
@@ -184,6 +178,50 @@ impl WeightSource {
         Ok(QTensor::quantize_onto(&t, dtype, device)?)
     }
 
+    /// Reads a weight matrix for srcode's packed CPU kernels. GGUF Q4_1 data is taken as stored
+    /// (Llama's Q/K rows are reordered block-wise, which is exact); anything else is quantised
+    /// from f32.
+    pub fn get_packed(
+        &self,
+        hf_name: &str,
+        cfg: &LlamaConfig,
+        kind: PackedKind,
+    ) -> Result<PackedMatrix> {
+        if let (
+            WeightSource::Gguf {
+                content,
+                reader,
+                path,
+            },
+            PackedKind::Q4_1,
+        ) = (self, kind)
+        {
+            let name = gguf_name(hf_name).ok_or_else(|| self.missing(hf_name))?;
+            let info = content
+                .tensor_infos
+                .get(&name)
+                .ok_or_else(|| self.missing(hf_name))?;
+            if info.ggml_dtype == GgmlDType::Q4_1 {
+                let q = content
+                    .tensor(&mut *reader.borrow_mut(), &name, &Device::Cpu)
+                    .map_err(|e| LmError::BadModelFile {
+                        path: path.clone(),
+                        reason: format!("tensor `{name}`: {e}"),
+                    })?;
+                let (rows, cols) = q.shape().dims2()?;
+                let m = PackedMatrix::from_q4_1_bytes(rows, cols, q.data()?.into_owned())?;
+                return match qk_heads(hf_name, cfg) {
+                    Some(h) if cfg.model_type == "llama" => {
+                        m.permute_rows(&unpermute_order(rows, h))
+                    }
+                    _ => Ok(m),
+                };
+            }
+        }
+        let w = self.get_f32(hf_name, cfg, &Device::Cpu)?;
+        PackedMatrix::quantize(&w, kind)
+    }
+
     fn missing(&self, hf_name: &str) -> LmError {
         LmError::BadModelFile {
             path: self.describe().into(),
@@ -195,6 +233,30 @@ impl WeightSource {
             ),
         }
     }
+}
+
+/// Number of heads whose rows llama.cpp permutes, for Q and K projections.
+fn qk_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
+    if hf_name.ends_with("q_proj.weight") || hf_name.ends_with("q_proj.bias") {
+        Some(cfg.num_attention_heads)
+    } else if hf_name.ends_with("k_proj.weight") || hf_name.ends_with("k_proj.bias") {
+        Some(cfg.kv_heads())
+    } else {
+        None
+    }
+}
+
+/// For each Hugging Face row, the GGUF row that holds it (see [`unpermute_rows`]).
+pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let hd = rows / heads;
+    let half = hd / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, rest) = (r / hd, r % hd);
+            let (j, i) = (rest / half, rest % half);
+            h * hd + i * 2 + j
+        })
+        .collect()
 }
 
 /// Inverse of llama.cpp's `permute` for Q/K: rows are stored as `[heads, head_dim/2, 2]` and

@@ -37,7 +37,7 @@ pub struct DecodeArgs {
     /// Timed repetitions (the median is reported) after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// How to hold the weights: q8_0 (default), q4_0, f32, bf16, f16.
+    /// How to hold the weights (see `srcode generate --help`).
     #[arg(long)]
     weights: Option<String>,
     #[arg(long)]
@@ -112,7 +112,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
         "decode_tokens_per_second": agg / a.batch as f64,
         "aggregate_tokens_per_second": agg,
         "threads": rayon_threads(),
-        "weights": a.weights.as_deref().unwrap_or("q8_0"),
+        "weights": a.weights.as_deref().unwrap_or("default"),
     });
     print_result(&v, a.json)
 }

@@ -45,7 +45,8 @@ pub struct GenerateArgs {
     /// Number of samples, decoded together as one batch.
     #[arg(long, default_value_t = 1)]
     pub n: usize,
-    /// How to hold the weights: q8_0 (default on CPU), q4_0, f32, bf16, f16.
+    /// How to hold the weights: q4_1, q8_0, q4_0, f32, bf16, f16 (default on the CPU: a Q4_1
+    /// GGUF as stored, anything else Q8_0).
     #[arg(long)]
     pub weights: Option<String>,
     /// Print JSON: {text, token_ids, logprobs, prompt_tokens, new_tokens, seconds, tokens_per_second}.
@@ -157,11 +158,12 @@ pub fn parse_weights(s: Option<&str>) -> Result<Option<srcode_lm::WeightMode>> {
         None => return Ok(None),
         Some("q8_0") => WeightMode::Quantized(GgmlDType::Q8_0),
         Some("q4_0") => WeightMode::Quantized(GgmlDType::Q4_0),
+        Some("q4_1") => WeightMode::Quantized(GgmlDType::Q4_1),
         Some("f32") => dense(DType::F32),
         Some("bf16") => dense(DType::BF16),
         Some("f16") => dense(DType::F16),
         Some(other) => {
-            anyhow::bail!("--weights {other}: expected one of q8_0, q4_0, f32, bf16, f16")
+            anyhow::bail!("--weights {other}: expected one of q4_1, q8_0, q4_0, f32, bf16, f16")
         }
     }))
 }
