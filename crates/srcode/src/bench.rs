@@ -99,7 +99,10 @@ fn decode(a: DecodeArgs) -> Result<()> {
         }
         if i > 0 {
             prefill.push(st.prefill_tokens as f64 / st.prefill_seconds);
-            dec.push(st.decode_tokens as f64 / st.decode_seconds);
+            // The first new token of each row comes from the prefill's logits; the decode time
+            // covers the remaining `new_tokens - 1` forward passes (llama.cpp counts the same).
+            let passes = (a.new_tokens - 1).max(1) * a.batch;
+            dec.push(passes as f64 / st.decode_seconds);
         }
     }
     let pf = median(prefill);
