@@ -16,6 +16,18 @@ fn seq() -> Tensor {
     Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap()
 }
 
+/// Largest element-wise difference of two tensors of the same shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn loss(m: &Llama, ids: &Tensor) -> Tensor {
     token_logprobs(m, ids, 1, true)
         .unwrap()
@@ -190,14 +202,7 @@ fn incremental_decoding_matches_the_full_forward() {
         );
     }
     let inc = Tensor::cat(&parts, 1).unwrap();
-    let d = (full - inc)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&full, &inc);
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -222,14 +227,7 @@ fn left_padding_does_not_change_a_row() {
     };
     let out = m.forward(&batch, opts, None).unwrap();
     let row = out.get(0).unwrap().narrow(0, 3, 4).unwrap();
-    let d = (row - alone.get(0).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&row, &alone.get(0).unwrap());
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -248,14 +246,7 @@ fn grad_and_inference_kernels_agree() {
         )
         .unwrap();
     let b = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert!(d < 1e-4, "max difference {d}");
 }
 
@@ -275,14 +266,7 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     .unwrap();
     assert_eq!(m.trainable().len(), 2 * 7 * 2);
     let after = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (&before - &after)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&before, &after);
     assert!(d < 1e-6);
     let mut opt = AdamW::new(
         m.trainable(),
@@ -309,14 +293,7 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     train::load_adapter(&m2, dir.path()).unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert!(d < 1e-6, "reloaded adapter differs by {d}");
     let names: Vec<String> =
         candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
@@ -358,14 +335,7 @@ fn full_checkpoints_round_trip_and_resume_the_optimiser() {
     .unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert!(d < 1e-6);
     // The resumed optimiser takes the same next step as the original.
     let mut opt2 = AdamW::new(
@@ -384,14 +354,7 @@ fn full_checkpoints_round_trip_and_resume_the_optimiser() {
     opt2.step(&g2, None).unwrap();
     let a = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&a, &b);
     assert!(d < 1e-5, "resumed training diverged by {d}");
 }
 
