@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -127,12 +127,13 @@ pub fn sample_row(
     let top_p = p.top_p.unwrap_or(1.0);
     // Tokens below this weight cannot be in the nucleus: together they hold less than the mass
     // the nucleus leaves out, so dropping them early is exact and avoids sorting the vocabulary.
-    let floor = if top_p < 1.0 {
-        let z: f32 = logits.iter().map(|&x| ((x - m) / t).exp()).sum();
-        (1.0 - top_p) * z / logits.len() as f32 * 0.5
+    // Total weight at temperature t; only the nucleus needs it.
+    let total: f32 = if top_p < 1.0 {
+        logits.iter().map(|&x| ((x - m) / t).exp()).sum()
     } else {
         0.0
     };
+    let floor = (1.0 - top_p) * total / logits.len() as f32 * 0.5;
     for (i, &x) in logits.iter().enumerate() {
         let w = ((x - m) / t).exp();
         if w > floor {
@@ -147,7 +148,6 @@ pub fn sample_row(
     }
     if top_p < 1.0 {
         scratch.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f32 = logits.iter().map(|&x| ((x - m) / t).exp()).sum();
         let mut acc = 0.0;
         let mut keep = scratch.len();
         for (i, &(_, w)) in scratch.iter().enumerate() {
@@ -304,10 +304,6 @@ pub fn generate(
         };
         let hidden = model.forward_hidden(&ids, opts, Some(&mut cache))?;
         logits = model.logits(&hidden)?.squeeze(1)?;
-        if logits.rank() == 1 {
-            logits = logits.unsqueeze(0)?;
-        }
-        let _ = logits.dim(D::Minus1)?;
     }
     stats.decode_seconds = t1.elapsed().as_secs_f64();
 

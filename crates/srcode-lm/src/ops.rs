@@ -122,24 +122,18 @@ impl CustomOp2 for TokenLogProbs {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = logits.apply_op2_no_bwd(&targets.stack_with(grad)?, &TokenLogProbsGrad)?;
+        let g = logits.apply_op2_no_bwd(&targets_and_grad(targets, grad)?, &TokenLogProbsGrad)?;
         Ok((Some(g), None))
     }
 }
 
-/// Helper to carry targets and upstream gradient together into the backward kernel.
-trait StackWith {
-    fn stack_with(&self, grad: &Tensor) -> candle_core::Result<Tensor>;
-}
-
-impl StackWith for Tensor {
-    /// `[2, n]` f32: row 0 the targets (as exact small integers), row 1 the gradient.
-    fn stack_with(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
-        Tensor::stack(
-            &[&self.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?],
-            0,
-        )
-    }
+/// Targets and upstream gradient as one `[2, n]` f32 tensor (row 0 the target ids, exact as
+/// small integers; row 1 the gradient), so the backward kernel can be a two-input op.
+fn targets_and_grad(targets: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    Tensor::stack(
+        &[&targets.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?],
+        0,
+    )
 }
 
 struct TokenLogProbsGrad;

@@ -366,9 +366,8 @@ pub fn save_checkpoint(model: &Llama, dir: &Path, base_model: Option<&str>) -> R
             .map(|(n, t)| Ok((n, cpu(&t)?)))
             .collect::<Result<_>>()?;
         write_safetensors(&tensors, &dir.join("model.safetensors"))?;
-        let mut cfg: LlamaConfig = model.config().clone();
-        cfg.tie_word_embeddings = model.config().tie_word_embeddings;
-        let mut v = serde_json::to_value(&cfg).map_err(|source| LmError::Json {
+        let cfg: &LlamaConfig = model.config();
+        let mut v = serde_json::to_value(cfg).map_err(|source| LmError::Json {
             context: "config.json".into(),
             source,
         })?;

@@ -7,6 +7,9 @@ use srcode_lm::train::{self, token_logprobs, AdamW, AdamWConfig};
 use srcode_lm::weights::WeightSource;
 use srcode_lm::LlamaConfig;
 
+mod common;
+use common::max_abs_diff;
+
 fn tiny(trainable: bool) -> Llama {
     Llama::random(&LlamaConfig::tiny(61), 42, trainable, &Device::Cpu).unwrap()
 }
@@ -14,18 +17,6 @@ fn tiny(trainable: bool) -> Llama {
 fn seq() -> Tensor {
     let ids: Vec<u32> = vec![3, 17, 5, 60, 22, 9, 41, 0, 13, 7, 7, 30];
     Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap()
-}
-
-/// Largest element-wise difference of two tensors of the same shape.
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn loss(m: &Llama, ids: &Tensor) -> Tensor {

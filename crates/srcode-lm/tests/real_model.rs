@@ -9,6 +9,9 @@ use srcode_lm::model::{ForwardOpts, WeightMode};
 use srcode_lm::tokenizer::default_test_gguf;
 use srcode_lm::train::token_logprobs;
 
+mod common;
+use common::max_abs_diff;
+
 fn load(mode: Option<WeightMode>) -> Option<LoadedModel> {
     let path = default_test_gguf()?;
     Some(loader::load(&path, &Device::Cpu, mode).expect("default model loads"))
@@ -265,13 +268,6 @@ fn a_saved_checkpoint_loads_as_a_hugging_face_directory() {
         .model
         .forward(&t, ForwardOpts::default(), None)
         .unwrap();
-    let d = (la - lb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&la, &lb);
     assert!(d < 1e-4, "reloaded logits differ by {d}");
 }
