@@ -37,14 +37,19 @@ pub enum CpuWorkload {
 }
 
 /// Tunes candle's CPU thread pool for this process. Call once at start-up, before any tensor
-/// work. Variables already set in the environment (`CANDLE_NUM_THREADS`,
+/// work. Variables already set in the environment (`RAYON_NUM_THREADS`, `CANDLE_NUM_THREADS`,
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT`) win.
+///
+/// `RAYON_NUM_THREADS` is pinned to the usable CPU count: without it candle works the count out
+/// again for every operation, reading `/proc/cpuinfo` each time (1.5% of a decode profile).
 pub fn init_cpu_runtime(workload: CpuWorkload) {
     let set = |k: &str, v: &str| {
         if std::env::var_os(k).is_none() {
             std::env::set_var(k, v);
         }
     };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set("RAYON_NUM_THREADS", &cpus.to_string());
     match workload {
         CpuWorkload::Inference => {}
         CpuWorkload::Training => {

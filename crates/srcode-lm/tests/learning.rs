@@ -198,6 +198,46 @@ fn incremental_decoding_matches_the_full_forward() {
 }
 
 #[test]
+fn the_cache_grows_past_its_chunk_and_survives_dropping_rows() {
+    // 150 positions cross the cache's first growth (128); a row is dropped half-way, as the
+    // generator does when a sequence finishes.
+    let m = tiny(false);
+    let n = 150;
+    let ids: Vec<u32> = (0..2 * n).map(|i| (i * 7 % 61) as u32).collect();
+    let ids = Tensor::from_vec(ids, (2, n), &Device::Cpu).unwrap();
+    let full = m.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let mut cache = m.new_cache();
+    let mut row1 = vec![m
+        .forward(
+            &ids.narrow(1, 0, 20).unwrap(),
+            ForwardOpts::default(),
+            Some(&mut cache),
+        )
+        .unwrap()
+        .get(1)
+        .unwrap()];
+    let mut batch = ids.clone();
+    for i in 20..n {
+        if i == 100 {
+            cache.retain_rows(&[1]).unwrap();
+            batch = ids.narrow(0, 1, 1).unwrap();
+        }
+        let out = m
+            .forward(
+                &batch.narrow(1, i, 1).unwrap(),
+                ForwardOpts::default(),
+                Some(&mut cache),
+            )
+            .unwrap();
+        let last = out.dim(0).unwrap() - 1;
+        row1.push(out.get(last).unwrap());
+    }
+    let inc = Tensor::cat(&row1, 0).unwrap();
+    let d = max_abs_diff(&full.get(1).unwrap(), &inc);
+    assert!(d < 1e-4, "max difference {d}");
+}
+
+#[test]
 fn left_padding_does_not_change_a_row() {
     let m = tiny(false);
     let short: Vec<u32> = vec![4, 8, 15, 16];
