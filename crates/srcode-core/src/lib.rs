@@ -183,18 +183,77 @@ impl Span {
     }
 }
 
-/// One analyser finding: which rule fired, where, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One analyser finding: which rule fired, where, and why. Serialises to the exact JSON record
+/// `srcode scan --format json` prints: `{rule_id, cwe, severity, message, file, byte_start,
+/// byte_end, line, column, end_line, end_column, tool}`. Byte offsets index the scanned text (the
+/// whole LLM answer when code was extracted from a Markdown fence); lines and columns are 1-based,
+/// columns counted in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub rule_id: String,
     pub cwe: Option<Cwe>,
     pub severity: Severity,
-    pub language: Language,
     pub message: String,
-    pub span: Span,
-    /// 1-based line and column of `span.start`.
+    /// The file scanned (`-` for standard input, empty for in-memory text).
+    pub file: String,
+    pub byte_start: usize,
+    pub byte_end: usize,
     pub line: usize,
     pub column: usize,
+    pub end_line: usize,
+    pub end_column: usize,
+    /// `srcode` for the built-in rules, else the external analyser's name.
+    pub tool: String,
+}
+
+impl Finding {
+    /// The byte span of the finding.
+    pub fn span(&self) -> Span {
+        Span::new(self.byte_start, self.byte_end)
+    }
+}
+
+/// Converts byte offsets into 1-based (line, byte column) positions and back, for one text.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    /// Byte offset where each line starts.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl LineIndex {
+    pub fn new(text: &[u8]) -> Self {
+        let mut starts = vec![0];
+        starts.extend(memchr_newlines(text).map(|i| i + 1));
+        LineIndex {
+            starts,
+            len: text.len(),
+        }
+    }
+    /// 1-based line and byte column of `offset` (clamped to the text).
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.len);
+        let line = self.starts.partition_point(|&s| s <= offset);
+        (line, offset - self.starts[line - 1] + 1)
+    }
+    /// Byte offset of a 1-based line and byte column, if inside the text (a column past the end
+    /// of its line is clamped to the line's end).
+    pub fn offset(&self, line: usize, column: usize) -> Option<usize> {
+        let start = *self.starts.get(line.checked_sub(1)?)?;
+        let end = self.starts.get(line).copied().unwrap_or(self.len);
+        Some((start + column.saturating_sub(1)).min(end))
+    }
+    /// Number of lines.
+    pub fn lines(&self) -> usize {
+        self.starts.len()
+    }
+}
+
+fn memchr_newlines(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    text.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -221,6 +280,24 @@ mod tests {
         assert_eq!(Language::from_extension("PY"), Some(Language::Python));
         assert_eq!(Language::from_extension("rs"), None);
         assert!("cobol".parse::<Language>().is_err());
+    }
+
+    #[test]
+    fn line_index_maps_offsets_both_ways() {
+        let text = "ab\ncdé\n\nx";
+        let ix = LineIndex::new(text.as_bytes());
+        assert_eq!(ix.lines(), 4);
+        assert_eq!(ix.position(0), (1, 1));
+        assert_eq!(ix.position(3), (2, 1));
+        assert_eq!(ix.position(7), (2, 5)); // after the two-byte é
+        assert_eq!(ix.position(8), (3, 1));
+        assert_eq!(ix.position(9), (4, 1));
+        assert_eq!(ix.position(10), (4, 2));
+        assert_eq!(ix.position(99), (4, 2));
+        assert_eq!(ix.offset(2, 3), Some(5));
+        assert_eq!(ix.offset(1, 50), Some(3));
+        assert_eq!(ix.offset(5, 1), None);
+        assert_eq!(ix.offset(0, 1), None);
     }
 
     #[test]

@@ -1,0 +1,499 @@
+//! The rule engine: parses once per text with tree-sitter, runs every rule of the language in one
+//! pass of one compiled query, then the regex rules, and reports findings with byte spans.
+
+use crate::error::{Result, ScanError};
+use crate::extract;
+use crate::lang;
+use crate::rules::{self, Condition, Rule, Scope};
+use crate::RuleInfo;
+use srcode_core::{Finding, Language, LineIndex};
+use std::cell::RefCell;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use streaming_iterator::StreamingIterator;
+use tree_sitter::{Node, Parser, Query, QueryCursor, Tree};
+
+/// Limits that keep one pathological input from stalling a scan.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// Texts longer than this are refused with an error.
+    pub max_bytes: usize,
+    /// Parsing that takes longer is abandoned with an error.
+    pub parse_timeout: Duration,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits {
+            max_bytes: 8 << 20,
+            parse_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The rules of one language, compiled into one query.
+struct LangPack {
+    query: Option<Query>,
+    /// Rule (index into `Scanner::rules`) of each pattern of `query`.
+    pattern_rule: Vec<usize>,
+    /// Capture index of `@finding`.
+    finding: Option<u32>,
+    /// Rules of this language that match by regex.
+    regex_rules: Vec<usize>,
+    /// Per rule: its conditions with resolved capture indices (empty for other rules).
+    conditions: Vec<Vec<(u32, Condition)>>,
+}
+
+/// The analyser: rules compiled once, reusable from many threads.
+pub struct Scanner {
+    rules: Vec<Rule>,
+    packs: Vec<LangPack>,
+    limits: ScanLimits,
+}
+
+thread_local! {
+    static PARSERS: RefCell<Vec<Option<Parser>>> = RefCell::new((0..5).map(|_| None).collect());
+}
+
+impl Scanner {
+    /// The built-in rules.
+    pub fn builtin() -> Result<Self> {
+        Self::new(rules::builtin()?)
+    }
+
+    /// The built-in rules plus every `*.toml` rule file of `dirs`. A user rule with the id of a
+    /// built-in one replaces it.
+    pub fn with_rule_dirs(dirs: &[impl AsRef<Path>]) -> Result<Self> {
+        let mut all = rules::builtin()?;
+        for d in dirs {
+            for r in rules::from_dir(d.as_ref())? {
+                match all.iter_mut().find(|x| x.info.id == r.info.id) {
+                    Some(slot) => *slot = r,
+                    None => all.push(r),
+                }
+            }
+        }
+        Self::new(all)
+    }
+
+    /// A scanner over exactly these rules. Rule ids must be unique.
+    pub fn new(rules: Vec<Rule>) -> Result<Self> {
+        for (i, r) in rules.iter().enumerate() {
+            if rules[..i].iter().any(|o| o.info.id == r.info.id) {
+                return Err(ScanError::Rule {
+                    id: r.info.id.clone(),
+                    path: r.info.source.clone(),
+                    message: "duplicate rule id".into(),
+                });
+            }
+        }
+        let mut packs = Vec::new();
+        for lang in Language::ALL {
+            packs.push(compile_pack(lang, &rules)?);
+        }
+        Ok(Scanner {
+            rules,
+            packs,
+            limits: ScanLimits::default(),
+        })
+    }
+
+    /// Replaces the input limits.
+    pub fn with_limits(mut self, limits: ScanLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The rules, in load order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// Metadata of every rule (for reports).
+    pub fn rule_infos(&self) -> Vec<RuleInfo> {
+        self.rules.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Scans source code. `file` is copied into the findings.
+    pub fn scan_code(&self, code: &[u8], lang: Language, file: &str) -> Result<Vec<Finding>> {
+        let mut raw = Vec::new();
+        self.scan_region(code, 0, code.len(), lang, &mut raw)?;
+        Ok(self.finish(code, raw, file))
+    }
+
+    /// Scans an LLM answer: the code of its Markdown fences in `lang` (or the whole answer when
+    /// it has no fence, see [`extract::code_spans`]). Offsets are into `answer`.
+    pub fn scan_answer(&self, answer: &[u8], lang: Language, file: &str) -> Result<Vec<Finding>> {
+        let mut raw = Vec::new();
+        for span in extract::code_spans(answer, lang) {
+            self.scan_region(answer, span.start, span.end, lang, &mut raw)?;
+        }
+        Ok(self.finish(answer, raw, file))
+    }
+
+    /// Sorts, removes duplicates and fills in lines and columns.
+    fn finish(&self, text: &[u8], mut raw: Vec<(usize, usize, usize)>, file: &str) -> Vec<Finding> {
+        raw.sort_unstable();
+        raw.dedup();
+        if raw.is_empty() {
+            return Vec::new();
+        }
+        let ix = LineIndex::new(text);
+        raw.into_iter()
+            .map(|(start, end, ri)| {
+                let info = &self.rules[ri].info;
+                let (line, column) = ix.position(start);
+                let (end_line, end_column) = ix.position(end);
+                Finding {
+                    rule_id: info.id.clone(),
+                    cwe: info.cwe,
+                    severity: info.severity,
+                    message: info.message.clone(),
+                    file: file.to_string(),
+                    byte_start: start,
+                    byte_end: end,
+                    line,
+                    column,
+                    end_line,
+                    end_column,
+                    tool: "srcode".into(),
+                }
+            })
+            .collect()
+    }
+
+    /// Scans `text[start..end]`, pushing `(byte_start, byte_end, rule)` with offsets into `text`.
+    fn scan_region(
+        &self,
+        text: &[u8],
+        start: usize,
+        end: usize,
+        lang: Language,
+        out: &mut Vec<(usize, usize, usize)>,
+    ) -> Result<()> {
+        let code = &text[start..end];
+        if code.len() > self.limits.max_bytes {
+            return Err(ScanError::Unsupported(format!(
+                "input of {} bytes exceeds the limit of {} bytes",
+                code.len(),
+                self.limits.max_bytes
+            )));
+        }
+        let pack = &self.packs[lang::index(lang)];
+        if pack.query.is_none() && pack.regex_rules.is_empty() {
+            return Ok(());
+        }
+        let tree = self.parse(code, lang)?;
+        let root = tree.root_node();
+        if let Some(q) = &pack.query {
+            let mut cursor = QueryCursor::new();
+            cursor.set_match_limit(1024);
+            let mut matches = cursor.matches(q, root, code);
+            while let Some(m) = matches.next() {
+                let Some(&ri) = pack.pattern_rule.get(m.pattern_index) else {
+                    continue;
+                };
+                let rule = &self.rules[ri];
+                if !pack.conditions[ri]
+                    .iter()
+                    .all(|(ci, c)| condition_holds(lang, code, m.nodes_for_capture_index(*ci), c))
+                {
+                    continue;
+                }
+                let mut span: Option<(usize, usize)> = None;
+                let mut anchor: Option<Node> = None;
+                for cap in m.captures {
+                    if pack.finding.is_some_and(|f| f == cap.index) {
+                        let (s, e) = (cap.node.start_byte(), cap.node.end_byte());
+                        span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+                        anchor = Some(cap.node);
+                    }
+                }
+                if span.is_none() {
+                    for cap in m.captures {
+                        let (s, e) = (cap.node.start_byte(), cap.node.end_byte());
+                        span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+                        anchor.get_or_insert(cap.node);
+                    }
+                }
+                let (Some((s, e)), Some(anchor)) = (span, anchor) else {
+                    continue;
+                };
+                if let Some(u) = &rule.unless {
+                    let capture_text = |name: &str| -> Option<String> {
+                        let qi = q.capture_index_for_name(name)?;
+                        let node = m.nodes_for_capture_index(qi).next()?;
+                        let t = &code[node.start_byte()..node.end_byte()];
+                        Some(regex::escape(&String::from_utf8_lossy(t)))
+                    };
+                    if unless_found(lang, code, anchor, e, u, capture_text) {
+                        continue;
+                    }
+                }
+                out.push((start + s, start + e, ri));
+            }
+        }
+        for &ri in &pack.regex_rules {
+            let rule = &self.rules[ri];
+            let Some(re) = &rule.regex else { continue };
+            for caps in re.captures_iter(code) {
+                let Some(whole) = caps.get(0) else { continue };
+                let m = caps.name("finding").unwrap_or(whole);
+                if m.start() == m.end() {
+                    continue;
+                }
+                let Some(node) = root.descendant_for_byte_range(m.start(), m.end()) else {
+                    continue;
+                };
+                if in_comment(node) {
+                    continue;
+                }
+                if let Some(u) = &rule.unless {
+                    if unless_found(lang, code, node, m.end(), u, |_| None) {
+                        continue;
+                    }
+                }
+                out.push((start + m.start(), start + m.end(), ri));
+            }
+        }
+        Ok(())
+    }
+
+    fn parse(&self, code: &[u8], lang: Language) -> Result<Tree> {
+        PARSERS.with(|cell| {
+            let mut parsers = cell.borrow_mut();
+            let slot = &mut parsers[lang::index(lang)];
+            if slot.is_none() {
+                let mut p = Parser::new();
+                p.set_language(&lang::grammar(lang)).map_err(|e| {
+                    ScanError::Unsupported(format!("tree-sitter grammar for {lang}: {e}"))
+                })?;
+                *slot = Some(p);
+            }
+            let Some(parser) = slot.as_mut() else {
+                return Err(ScanError::Unsupported("parser unavailable".into()));
+            };
+            let deadline = Instant::now() + self.limits.parse_timeout;
+            let mut past_deadline = |_: &tree_sitter::ParseState| Instant::now() > deadline;
+            let opts = tree_sitter::ParseOptions::new().progress_callback(&mut past_deadline);
+            let len = code.len();
+            let tree = parser.parse_with_options(
+                &mut |i, _| if i < len { &code[i..] } else { &[] },
+                None,
+                Some(opts),
+            );
+            match tree {
+                Some(t) => Ok(t),
+                None => {
+                    parser.reset();
+                    Err(ScanError::Unsupported(format!(
+                        "parsing {} bytes of {lang} took longer than {:?}",
+                        len, self.limits.parse_timeout
+                    )))
+                }
+            }
+        })
+    }
+
+    /// Checks every rule's own examples: each `bad` example must produce a finding of that rule,
+    /// each `good` example must not. Returns one error per violation.
+    pub fn check_examples(&self) -> Vec<ScanError> {
+        let mut errs = Vec::new();
+        for r in &self.rules {
+            let id = &r.info.id;
+            if r.bad.is_empty() || r.good.is_empty() {
+                errs.push(ScanError::Example {
+                    id: id.clone(),
+                    message: "needs at least one `bad` and one `good` example".into(),
+                });
+            }
+            for (want, list) in [(true, &r.bad), (false, &r.good)] {
+                for ex in list.iter() {
+                    match self.scan_code(ex.as_bytes(), r.example_lang, "") {
+                        Ok(f) => {
+                            let hit = f.iter().any(|f| &f.rule_id == id);
+                            if hit != want {
+                                errs.push(ScanError::Example {
+                                    id: id.clone(),
+                                    message: format!(
+                                        "{} example {}: {:?}",
+                                        if want { "bad" } else { "good" },
+                                        if want { "was not flagged" } else { "was flagged" },
+                                        ex
+                                    ),
+                                });
+                            }
+                        }
+                        Err(e) => errs.push(ScanError::Example {
+                            id: id.clone(),
+                            message: format!("example {ex:?} could not be scanned: {e}"),
+                        }),
+                    }
+                }
+            }
+        }
+        errs
+    }
+}
+
+fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
+    let grammar = lang::grammar(lang);
+    let mut src = String::new();
+    let mut ranges = Vec::new(); // (start byte in src, rule index)
+    let mut regex_rules = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        if !r.info.languages.contains(&lang) {
+            continue;
+        }
+        if let Some(q) = &r.query {
+            ranges.push((src.len(), i));
+            src.push_str(q);
+            src.push('\n');
+        } else if r.regex.is_some() {
+            regex_rules.push(i);
+        }
+    }
+    let mut conditions = vec![Vec::new(); rules.len()];
+    if ranges.is_empty() {
+        return Ok(LangPack {
+            query: None,
+            pattern_rule: Vec::new(),
+            finding: None,
+            regex_rules,
+            conditions,
+        });
+    }
+    let query = match Query::new(&grammar, &src) {
+        Ok(q) => q,
+        Err(_) => {
+            // Find the culprit to name it.
+            for &(_, i) in &ranges {
+                let r = &rules[i];
+                if let Err(e) = Query::new(&grammar, r.query.as_deref().unwrap_or("")) {
+                    return Err(ScanError::Rule {
+                        id: r.info.id.clone(),
+                        path: r.info.source.clone(),
+                        message: format!(
+                            "query does not compile for {lang}: {} at row {}, column {}",
+                            e.message, e.row, e.column
+                        ),
+                    });
+                }
+            }
+            return Err(ScanError::Unsupported(format!(
+                "the {lang} rules compile one by one but not together"
+            )));
+        }
+    };
+    let mut pattern_rule = Vec::with_capacity(query.pattern_count());
+    for p in 0..query.pattern_count() {
+        let at = query.start_byte_for_pattern(p);
+        let k = ranges.partition_point(|&(s, _)| s <= at);
+        pattern_rule.push(ranges[k.saturating_sub(1)].1);
+    }
+    for &(_, i) in &ranges {
+        let r = &rules[i];
+        let q_text = r.query.as_deref().unwrap_or("");
+        let uses = |name: &str| {
+            q_text.match_indices(&format!("@{name}")).any(|(at, m)| {
+                !q_text[at + m.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
+            })
+        };
+        let mut names: Vec<&str> = r.conditions.iter().map(|c| c.capture.as_str()).collect();
+        if let Some(u) = &r.unless {
+            names.extend(u.captures.iter().map(String::as_str));
+        }
+        for name in names {
+            if !uses(name) {
+                return Err(ScanError::Rule {
+                    id: r.info.id.clone(),
+                    path: r.info.source.clone(),
+                    message: format!("refers to @{name}, which its query does not capture"),
+                });
+            }
+        }
+        for c in &r.conditions {
+            if let Some(ci) = query.capture_index_for_name(&c.capture) {
+                conditions[i].push((ci, c.clone()));
+            }
+        }
+    }
+    let finding = query.capture_index_for_name("finding");
+    Ok(LangPack {
+        query: Some(query),
+        pattern_rule,
+        finding,
+        regex_rules,
+        conditions,
+    })
+}
+
+fn condition_holds<'a>(
+    lang: Language,
+    code: &[u8],
+    nodes: impl Iterator<Item = Node<'a>>,
+    c: &Condition,
+) -> bool {
+    let mut any = false;
+    for n in nodes {
+        any = true;
+        let text = &code[n.start_byte()..n.end_byte()];
+        let kind = n.kind();
+        if c.kind.as_ref().is_some_and(|ks| !ks.iter().any(|k| k == kind))
+            || c.not_kind.as_ref().is_some_and(|ks| ks.iter().any(|k| k == kind))
+            || c.matches.as_ref().is_some_and(|r| !r.is_match(text))
+            || c.not_matches.as_ref().is_some_and(|r| r.is_match(text))
+            || c.literal.is_some_and(|want| lang::is_constant_string(lang, n) != want)
+        {
+            return false;
+        }
+    }
+    // An absent (optional) capture passes only conditions that forbid something.
+    any || (c.kind.is_none() && c.matches.is_none() && c.literal != Some(true))
+}
+
+fn in_comment(mut node: Node<'_>) -> bool {
+    loop {
+        if lang::is_comment(node.kind()) {
+            return true;
+        }
+        match node.parent() {
+            Some(p) => node = p,
+            None => return false,
+        }
+    }
+}
+
+/// Whether the rule's `unless` regex occurs in its scope around `anchor`.
+fn unless_found(
+    lang: Language,
+    code: &[u8],
+    anchor: Node<'_>,
+    finding_end: usize,
+    u: &rules::Unless,
+    capture_text: impl Fn(&str) -> Option<String>,
+) -> bool {
+    let pattern = rules::fill(&u.template, |name| capture_text(name));
+    let Ok(re) = regex::bytes::Regex::new(&pattern) else {
+        return false;
+    };
+    let (mut s, e) = match u.scope {
+        Scope::File => (0, code.len()),
+        Scope::Function => {
+            let mut n = anchor;
+            loop {
+                if lang::is_function(lang, n.kind()) {
+                    break (n.start_byte(), n.end_byte());
+                }
+                match n.parent() {
+                    Some(p) => n = p,
+                    None => break (0, code.len()),
+                }
+            }
+        }
+    };
+    if u.after {
+        s = s.max(finding_end);
+    }
+    s < e && re.is_match(&code[s..e.min(code.len())])
+}

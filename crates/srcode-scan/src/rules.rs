@@ -1,0 +1,388 @@
+//! Rules are data: TOML files of `[[rule]]` tables, embedded in the binary (`rules/*.toml`) and
+//! extendable from a user directory. A rule matches with a tree-sitter query and/or a regular
+//! expression, narrowed by conditions, and carries its own examples that must (`bad`) and must
+//! not (`good`) match.
+//!
+//! ```toml
+//! [[rule]]
+//! id = "c.strcpy"
+//! cwe = "CWE-120"
+//! severity = "high"            # low | medium | high | critical
+//! languages = ["c", "cpp"]
+//! message = "strcpy copies without a bound"
+//! query = '''
+//! (call_expression function: (identifier) @f (#eq? @f "strcpy")
+//!   arguments: (argument_list (_) (_) @src)) @finding
+//! '''
+//! # Every condition must hold. A condition names a capture and tests it with any of:
+//! # literal = true|false (a constant string literal or not), kind / not_kind = [node kinds],
+//! # matches / not_matches = "regex on the capture's text".
+//! where = [{ capture = "src", literal = false }]
+//! # No finding when this regex (captures spliced in as {name}, escaped) occurs in the scope
+//! # (function | file), optionally only after the finding.
+//! unless = { pattern = 'strlen\s*\(\s*{src}\s*\)', scope = "function", after = false }
+//! bad = ["void f(char *s){ char b[8]; strcpy(b, s); }"]
+//! good = ['void f(void){ char b[8]; strcpy(b, "hi"); }']
+//! ```
+//!
+//! The finding's span is the `@finding` capture (else the whole match). A regex rule's span is
+//! its named group `finding` (else the whole match); regex matches inside comments are ignored.
+
+use crate::error::{Result, ScanError};
+use crate::RuleInfo;
+use serde::Deserialize;
+use srcode_core::{Cwe, Language, Severity};
+use std::path::Path;
+
+/// The built-in rule packs, embedded at build time.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("builtin:c.toml", include_str!("../rules/c.toml")),
+    ("builtin:python.toml", include_str!("../rules/python.toml")),
+    ("builtin:java.toml", include_str!("../rules/java.toml")),
+    ("builtin:javascript.toml", include_str!("../rules/javascript.toml")),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rule: Vec<RuleDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    id: String,
+    cwe: Option<String>,
+    severity: Severity,
+    languages: Vec<String>,
+    message: String,
+    query: Option<String>,
+    regex: Option<String>,
+    #[serde(default, rename = "where")]
+    conditions: Vec<CondDef>,
+    unless: Option<UnlessDef>,
+    #[serde(default)]
+    bad: Vec<String>,
+    #[serde(default)]
+    good: Vec<String>,
+    /// Language the examples are written in (default: the first of `languages`).
+    example_lang: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CondDef {
+    capture: String,
+    kind: Option<Vec<String>>,
+    not_kind: Option<Vec<String>>,
+    matches: Option<String>,
+    not_matches: Option<String>,
+    literal: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlessDef {
+    pattern: String,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    after: bool,
+}
+
+/// Where a rule's `unless` pattern is searched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The innermost enclosing function (the whole text outside any function).
+    #[default]
+    Function,
+    /// The whole scanned text.
+    File,
+}
+
+/// A condition on one capture of a query match.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub capture: String,
+    pub kind: Option<Vec<String>>,
+    pub not_kind: Option<Vec<String>>,
+    pub matches: Option<regex::bytes::Regex>,
+    pub not_matches: Option<regex::bytes::Regex>,
+    pub literal: Option<bool>,
+}
+
+/// A regex searched near the finding that, when found, means the code is safe.
+#[derive(Debug, Clone)]
+pub struct Unless {
+    /// Regex source with `{capture}` placeholders, replaced by the escaped capture text.
+    pub template: String,
+    pub scope: Scope,
+    pub after: bool,
+    /// Capture names the template refers to.
+    pub captures: Vec<String>,
+}
+
+/// A validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub info: RuleInfo,
+    pub query: Option<String>,
+    pub regex: Option<regex::bytes::Regex>,
+    pub conditions: Vec<Condition>,
+    pub unless: Option<Unless>,
+    pub bad: Vec<String>,
+    pub good: Vec<String>,
+    pub example_lang: Language,
+}
+
+fn rule_err(id: &str, path: &str, message: impl Into<String>) -> ScanError {
+    ScanError::Rule {
+        id: id.to_string(),
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn compile_regex(id: &str, path: &str, what: &str, src: &str) -> Result<regex::bytes::Regex> {
+    regex::bytes::RegexBuilder::new(src)
+        .size_limit(1 << 22)
+        .build()
+        .map_err(|e| rule_err(id, path, format!("bad {what} regex: {e}")))
+}
+
+/// Parses one rule file. `path` names it in errors (`builtin:c.toml` or a file path).
+pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
+    let file: RuleFile = toml::from_str(text).map_err(|e| ScanError::RuleFile {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::with_capacity(file.rule.len());
+    for d in file.rule {
+        let id = d.id.trim().to_string();
+        if id.is_empty() || id.contains(char::is_whitespace) {
+            return Err(rule_err(&d.id, path, "id must be non-empty, without spaces"));
+        }
+        let cwe = match &d.cwe {
+            Some(c) => Some(
+                c.parse::<Cwe>()
+                    .map_err(|e| rule_err(&id, path, format!("cwe: {e}")))?,
+            ),
+            None => None,
+        };
+        if d.languages.is_empty() {
+            return Err(rule_err(&id, path, "languages is empty"));
+        }
+        let mut languages = Vec::new();
+        for l in &d.languages {
+            let l = l
+                .parse::<Language>()
+                .map_err(|e| rule_err(&id, path, e.to_string()))?;
+            if !languages.contains(&l) {
+                languages.push(l);
+            }
+        }
+        if d.query.is_none() == d.regex.is_none() {
+            return Err(rule_err(&id, path, "give exactly one of `query` and `regex`"));
+        }
+        let regex = match &d.regex {
+            Some(r) => Some(compile_regex(&id, path, "match", r)?),
+            None => None,
+        };
+        if regex.is_some() && !d.conditions.is_empty() {
+            return Err(rule_err(&id, path, "`where` conditions need a `query`"));
+        }
+        let mut conditions = Vec::new();
+        for c in d.conditions {
+            let cond = Condition {
+                matches: match &c.matches {
+                    Some(r) => Some(compile_regex(&id, path, "where.matches", r)?),
+                    None => None,
+                },
+                not_matches: match &c.not_matches {
+                    Some(r) => Some(compile_regex(&id, path, "where.not_matches", r)?),
+                    None => None,
+                },
+                capture: c.capture,
+                kind: c.kind,
+                not_kind: c.not_kind,
+                literal: c.literal,
+            };
+            if cond.kind.is_none()
+                && cond.not_kind.is_none()
+                && cond.matches.is_none()
+                && cond.not_matches.is_none()
+                && cond.literal.is_none()
+            {
+                return Err(rule_err(
+                    &id,
+                    path,
+                    format!("condition on @{} tests nothing", cond.capture),
+                ));
+            }
+            conditions.push(cond);
+        }
+        let unless = match d.unless {
+            Some(u) => {
+                let captures = placeholders(&u.pattern);
+                if regex.is_some() && !captures.is_empty() {
+                    return Err(rule_err(&id, path, "a regex rule's `unless` cannot use captures"));
+                }
+                // Check the template compiles with placeholder text in place.
+                let probe = fill(&u.pattern, |_| Some("x".to_string()));
+                compile_regex(&id, path, "unless", &probe)?;
+                Some(Unless {
+                    template: u.pattern,
+                    scope: u.scope,
+                    after: u.after,
+                    captures,
+                })
+            }
+            None => None,
+        };
+        let example_lang = match &d.example_lang {
+            Some(l) => l
+                .parse::<Language>()
+                .map_err(|e| rule_err(&id, path, format!("example_lang: {e}")))?,
+            None => languages[0],
+        };
+        out.push(Rule {
+            info: RuleInfo {
+                id,
+                cwe,
+                severity: d.severity,
+                languages,
+                message: d.message.trim().to_string(),
+                source: path.to_string(),
+            },
+            query: d.query,
+            regex,
+            conditions,
+            unless,
+            bad: d.bad,
+            good: d.good,
+            example_lang,
+        });
+    }
+    Ok(out)
+}
+
+/// The `{name}` placeholders of an `unless` template (`{{`/`}}` and regex repetitions such as
+/// `{2,3}` are not placeholders).
+pub fn placeholders(template: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = fill(template, |n| {
+        if !names.iter().any(|m: &String| m == n) {
+            names.push(n.to_string());
+        }
+        Some(String::new())
+    });
+    names
+}
+
+/// Replaces `{name}` placeholders with `f(name)` (left as is when `f` returns `None`).
+pub fn fill(template: &str, mut f: impl FnMut(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        let is_name = !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && after[name_len..].starts_with('}');
+        if is_name {
+            match f(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
+                }
+            }
+            rest = &after[name_len + 1..];
+        } else {
+            out.push('{');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// All built-in rules.
+pub fn builtin() -> Result<Vec<Rule>> {
+    let mut all = Vec::new();
+    for (path, text) in BUILTIN {
+        all.extend(parse_rules(path, text)?);
+    }
+    Ok(all)
+}
+
+/// Rules from every `*.toml` file of a directory (sorted by name, not recursive).
+pub fn from_dir(dir: &Path) -> Result<Vec<Rule>> {
+    let io = |e| ScanError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ScanError::RuleFile {
+            path: dir.display().to_string(),
+            message: "no *.toml rule file in this directory".into(),
+        });
+    }
+    let mut all = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| ScanError::Io {
+            path: f.clone(),
+            source: e,
+        })?;
+        all.extend(parse_rules(&f.display().to_string(), &text)?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_skip_repetitions_and_escapes() {
+        assert_eq!(placeholders(r"free\({p}\);.*{q}\b[a-z]{2,3}"), vec!["p", "q"]);
+        assert_eq!(fill(r"x{a}y{2}", |_| Some("Z".into())), "xZy{2}");
+    }
+
+    #[test]
+    fn bad_rule_files_name_the_rule_and_the_problem() {
+        let e = parse_rules("t.toml", "[[rule]]\nid='x'\nseverity='high'\nlanguages=['c']\nmessage='m'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rule x") && e.contains("exactly one of"), "{e}");
+        let e = parse_rules("t.toml", "[[rule]]\nid='x'\nseverity='huge'\n").unwrap_err().to_string();
+        assert!(e.contains("t.toml"), "{e}");
+        let e = parse_rules(
+            "t.toml",
+            "[[rule]]\nid='x'\nseverity='low'\nlanguages=['cobol']\nmessage='m'\nregex='a'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cobol"), "{e}");
+        let e = parse_rules(
+            "t.toml",
+            "[[rule]]\nid='x'\nseverity='low'\nlanguages=['c']\nmessage='m'\nregex='('\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bad match regex"), "{e}");
+    }
+}
