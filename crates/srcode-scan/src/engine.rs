@@ -219,14 +219,19 @@ impl Scanner {
                 let (Some((s, e)), Some(anchor)) = (span, anchor) else {
                     continue;
                 };
+                let capture_text = |name: &str| -> Option<String> {
+                    let qi = q.capture_index_for_name(name)?;
+                    let node = m.nodes_for_capture_index(qi).next()?;
+                    let t = &code[node.start_byte()..node.end_byte()];
+                    Some(regex::escape(&String::from_utf8_lossy(t)))
+                };
                 if let Some(u) = &rule.unless {
-                    let capture_text = |name: &str| -> Option<String> {
-                        let qi = q.capture_index_for_name(name)?;
-                        let node = m.nodes_for_capture_index(qi).next()?;
-                        let t = &code[node.start_byte()..node.end_byte()];
-                        Some(regex::escape(&String::from_utf8_lossy(t)))
-                    };
-                    if unless_found(lang, code, anchor, e, u, capture_text) {
+                    if check_found(lang, code, anchor, e, u, capture_text) {
+                        continue;
+                    }
+                }
+                if let Some(w) = &rule.when {
+                    if !check_found(lang, code, anchor, e, w, capture_text) {
                         continue;
                     }
                 }
@@ -249,7 +254,12 @@ impl Scanner {
                     continue;
                 }
                 if let Some(u) = &rule.unless {
-                    if unless_found(lang, code, node, m.end(), u, |_| None) {
+                    if check_found(lang, code, node, m.end(), u, |_| None) {
+                        continue;
+                    }
+                }
+                if let Some(w) = &rule.when {
+                    if !check_found(lang, code, node, m.end(), w, |_| None) {
                         continue;
                     }
                 }
@@ -318,7 +328,11 @@ impl Scanner {
                                     message: format!(
                                         "{} example {}: {:?}",
                                         if want { "bad" } else { "good" },
-                                        if want { "was not flagged" } else { "was flagged" },
+                                        if want {
+                                            "was not flagged"
+                                        } else {
+                                            "was flagged"
+                                        },
                                         ex
                                     ),
                                 });
@@ -345,7 +359,7 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
         if !r.info.languages.contains(&lang) {
             continue;
         }
-        if let Some(q) = &r.query {
+        if let Some((_, q)) = r.queries.iter().find(|(l, _)| *l == lang) {
             ranges.push((src.len(), i));
             src.push_str(q);
             src.push('\n');
@@ -369,13 +383,13 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
             // Find the culprit to name it.
             for &(_, i) in &ranges {
                 let r = &rules[i];
-                if let Err(e) = Query::new(&grammar, r.query.as_deref().unwrap_or("")) {
+                if let Err(e) = Query::new(&grammar, query_text(r, lang)) {
                     return Err(ScanError::Rule {
                         id: r.info.id.clone(),
                         path: r.info.source.clone(),
                         message: format!(
-                            "query does not compile for {lang}: {} at row {}, column {}",
-                            e.message, e.row, e.column
+                            "query does not compile for {lang} ({:?}): {} at row {}, column {}",
+                            e.kind, e.message, e.row, e.column
                         ),
                     });
                 }
@@ -393,15 +407,16 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
     }
     for &(_, i) in &ranges {
         let r = &rules[i];
-        let q_text = r.query.as_deref().unwrap_or("");
+        let q_text = query_text(r, lang);
         let uses = |name: &str| {
             q_text.match_indices(&format!("@{name}")).any(|(at, m)| {
-                !q_text[at + m.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
+                !q_text[at + m.len()..]
+                    .starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
             })
         };
         let mut names: Vec<&str> = r.conditions.iter().map(|c| c.capture.as_str()).collect();
-        if let Some(u) = &r.unless {
-            names.extend(u.captures.iter().map(String::as_str));
+        for c in r.unless.iter().chain(&r.when) {
+            names.extend(c.captures.iter().map(String::as_str));
         }
         for name in names {
             if !uses(name) {
@@ -428,6 +443,13 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
     })
 }
 
+fn query_text(r: &Rule, lang: Language) -> &str {
+    r.queries
+        .iter()
+        .find(|(l, _)| *l == lang)
+        .map_or("", |(_, q)| q.as_str())
+}
+
 fn condition_holds<'a>(
     lang: Language,
     code: &[u8],
@@ -439,11 +461,16 @@ fn condition_holds<'a>(
         any = true;
         let text = &code[n.start_byte()..n.end_byte()];
         let kind = n.kind();
-        if c.kind.as_ref().is_some_and(|ks| !ks.iter().any(|k| k == kind))
-            || c.not_kind.as_ref().is_some_and(|ks| ks.iter().any(|k| k == kind))
+        if c.kind
+            .as_ref()
+            .is_some_and(|ks| !ks.iter().any(|k| k == kind))
+            || c.not_kind
+                .as_ref()
+                .is_some_and(|ks| ks.iter().any(|k| k == kind))
             || c.matches.as_ref().is_some_and(|r| !r.is_match(text))
             || c.not_matches.as_ref().is_some_and(|r| r.is_match(text))
-            || c.literal.is_some_and(|want| lang::is_constant_string(lang, n) != want)
+            || c.literal
+                .is_some_and(|want| lang::is_constant_string(lang, n) != want)
         {
             return false;
         }
@@ -464,20 +491,19 @@ fn in_comment(mut node: Node<'_>) -> bool {
     }
 }
 
-/// Whether the rule's `unless` regex occurs in its scope around `anchor`.
-fn unless_found(
+/// Whether a rule's `unless`/`when` regex occurs in its scope around `anchor`.
+fn check_found(
     lang: Language,
     code: &[u8],
     anchor: Node<'_>,
     finding_end: usize,
-    u: &rules::Unless,
+    c: &rules::Check,
     capture_text: impl Fn(&str) -> Option<String>,
 ) -> bool {
-    let pattern = rules::fill(&u.template, |name| capture_text(name));
-    let Ok(re) = regex::bytes::Regex::new(&pattern) else {
+    let Ok(re) = regex::bytes::Regex::new(&rules::fill(&c.template, &capture_text)) else {
         return false;
     };
-    let (mut s, e) = match u.scope {
+    let (mut s, mut e) = match c.scope {
         Scope::File => (0, code.len()),
         Scope::Function => {
             let mut n = anchor;
@@ -492,8 +518,18 @@ fn unless_found(
             }
         }
     };
-    if u.after {
+    e = e.min(code.len());
+    if c.after {
         s = s.max(finding_end);
+        if let Some(stop) = &c.stop {
+            if let Ok(stop) = regex::bytes::Regex::new(&rules::fill(stop, &capture_text)) {
+                if s < e {
+                    if let Some(m) = stop.find(&code[s..e]) {
+                        e = s + m.start();
+                    }
+                }
+            }
+        }
     }
-    s < e && re.is_match(&code[s..e.min(code.len())])
+    s < e && re.is_match(&code[s..e])
 }

@@ -21,9 +21,15 @@
 //! # No finding when this regex (captures spliced in as {name}, escaped) occurs in the scope
 //! # (function | file), optionally only after the finding.
 //! unless = { pattern = 'strlen\s*\(\s*{src}\s*\)', scope = "function", after = false }
+//! # `when` is the opposite: keep the finding only if the regex occurs. With `after = true`, a
+//! # `stop` regex ends the searched region (e.g. `free(p)` ... use of p, stopping at `p = `).
+//! # when = { pattern = '\b{p}\s*->', after = true, stop = '\b{p}\s*=[^=]' }
 //! bad = ["void f(char *s){ char b[8]; strcpy(b, s); }"]
 //! good = ['void f(void){ char b[8]; strcpy(b, "hi"); }']
 //! ```
+//!
+//! Where grammars differ, `query` can be a table with one query per language:
+//! `query = { c = '...', cpp = '...' }`.
 //!
 //! The finding's span is the `@finding` capture (else the whole match). A regex rule's span is
 //! its named group `finding` (else the whole match); regex matches inside comments are ignored.
@@ -39,7 +45,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("builtin:c.toml", include_str!("../rules/c.toml")),
     ("builtin:python.toml", include_str!("../rules/python.toml")),
     ("builtin:java.toml", include_str!("../rules/java.toml")),
-    ("builtin:javascript.toml", include_str!("../rules/javascript.toml")),
+    (
+        "builtin:javascript.toml",
+        include_str!("../rules/javascript.toml"),
+    ),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -57,17 +66,27 @@ struct RuleDef {
     severity: Severity,
     languages: Vec<String>,
     message: String,
-    query: Option<String>,
+    query: Option<QueryDef>,
     regex: Option<String>,
     #[serde(default, rename = "where")]
     conditions: Vec<CondDef>,
-    unless: Option<UnlessDef>,
+    unless: Option<CheckDef>,
+    when: Option<CheckDef>,
     #[serde(default)]
     bad: Vec<String>,
     #[serde(default)]
     good: Vec<String>,
     /// Language the examples are written in (default: the first of `languages`).
     example_lang: Option<String>,
+}
+
+/// One query for every language of the rule, or one per language where grammars differ
+/// (`query = { c = '...', cpp = '...' }`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum QueryDef {
+    One(String),
+    PerLanguage(std::collections::BTreeMap<String, String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,12 +102,13 @@ struct CondDef {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UnlessDef {
+struct CheckDef {
     pattern: String,
     #[serde(default)]
     scope: Scope,
     #[serde(default)]
     after: bool,
+    stop: Option<String>,
 }
 
 /// Where a rule's `unless` pattern is searched.
@@ -113,14 +133,20 @@ pub struct Condition {
     pub literal: Option<bool>,
 }
 
-/// A regex searched near the finding that, when found, means the code is safe.
+/// A regex searched around the finding: `unless` drops the finding when it is found (the code
+/// guards against the weakness), `when` keeps the finding only when it is found (the weakness
+/// needs a second ingredient, e.g. a use after the `free`).
 #[derive(Debug, Clone)]
-pub struct Unless {
+pub struct Check {
     /// Regex source with `{capture}` placeholders, replaced by the escaped capture text.
     pub template: String,
     pub scope: Scope,
+    /// Search only after the finding.
     pub after: bool,
-    /// Capture names the template refers to.
+    /// With `after`: the search region ends at the first match of this regex (same
+    /// placeholders), e.g. where the freed pointer is assigned again.
+    pub stop: Option<String>,
+    /// Capture names the templates refer to.
     pub captures: Vec<String>,
 }
 
@@ -128,10 +154,12 @@ pub struct Unless {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub info: RuleInfo,
-    pub query: Option<String>,
+    /// The tree-sitter query per language (empty for regex rules).
+    pub queries: Vec<(Language, String)>,
     pub regex: Option<regex::bytes::Regex>,
     pub conditions: Vec<Condition>,
-    pub unless: Option<Unless>,
+    pub unless: Option<Check>,
+    pub when: Option<Check>,
     pub bad: Vec<String>,
     pub good: Vec<String>,
     pub example_lang: Language,
@@ -162,7 +190,11 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
     for d in file.rule {
         let id = d.id.trim().to_string();
         if id.is_empty() || id.contains(char::is_whitespace) {
-            return Err(rule_err(&d.id, path, "id must be non-empty, without spaces"));
+            return Err(rule_err(
+                &d.id,
+                path,
+                "id must be non-empty, without spaces",
+            ));
         }
         let cwe = match &d.cwe {
             Some(c) => Some(
@@ -184,8 +216,36 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
             }
         }
         if d.query.is_none() == d.regex.is_none() {
-            return Err(rule_err(&id, path, "give exactly one of `query` and `regex`"));
+            return Err(rule_err(
+                &id,
+                path,
+                "give exactly one of `query` and `regex`",
+            ));
         }
+        let queries = match d.query {
+            None => Vec::new(),
+            Some(QueryDef::One(q)) => languages.iter().map(|&l| (l, q.clone())).collect(),
+            Some(QueryDef::PerLanguage(map)) => {
+                let mut qs = Vec::new();
+                for (name, q) in map {
+                    let l = name
+                        .parse::<Language>()
+                        .map_err(|e| rule_err(&id, path, format!("query: {e}")))?;
+                    if !languages.contains(&l) {
+                        return Err(rule_err(
+                            &id,
+                            path,
+                            format!("query for {l}, which is not in languages"),
+                        ));
+                    }
+                    qs.push((l, q));
+                }
+                if let Some(l) = languages.iter().find(|l| !qs.iter().any(|(m, _)| m == *l)) {
+                    return Err(rule_err(&id, path, format!("no query for {l}")));
+                }
+                qs
+            }
+        };
         let regex = match &d.regex {
             Some(r) => Some(compile_regex(&id, path, "match", r)?),
             None => None,
@@ -223,24 +283,44 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
             }
             conditions.push(cond);
         }
-        let unless = match d.unless {
-            Some(u) => {
-                let captures = placeholders(&u.pattern);
-                if regex.is_some() && !captures.is_empty() {
-                    return Err(rule_err(&id, path, "a regex rule's `unless` cannot use captures"));
+        let check = |what: &str, c: Option<CheckDef>| -> Result<Option<Check>> {
+            let Some(c) = c else { return Ok(None) };
+            let mut captures = placeholders(&c.pattern);
+            if let Some(stop) = &c.stop {
+                if !c.after {
+                    return Err(rule_err(
+                        &id,
+                        path,
+                        format!("{what}.stop needs after = true"),
+                    ));
                 }
-                // Check the template compiles with placeholder text in place.
-                let probe = fill(&u.pattern, |_| Some("x".to_string()));
-                compile_regex(&id, path, "unless", &probe)?;
-                Some(Unless {
-                    template: u.pattern,
-                    scope: u.scope,
-                    after: u.after,
-                    captures,
-                })
+                for n in placeholders(stop) {
+                    if !captures.contains(&n) {
+                        captures.push(n);
+                    }
+                }
             }
-            None => None,
+            if regex.is_some() && !captures.is_empty() {
+                return Err(rule_err(
+                    &id,
+                    path,
+                    format!("a regex rule's `{what}` cannot use captures"),
+                ));
+            }
+            // Check the templates compile with placeholder text in place.
+            for t in std::iter::once(&c.pattern).chain(c.stop.as_ref()) {
+                compile_regex(&id, path, what, &fill(t, |_| Some("x".to_string())))?;
+            }
+            Ok(Some(Check {
+                template: c.pattern,
+                scope: c.scope,
+                after: c.after,
+                stop: c.stop,
+                captures,
+            }))
         };
+        let unless = check("unless", d.unless)?;
+        let when = check("when", d.when)?;
         let example_lang = match &d.example_lang {
             Some(l) => l
                 .parse::<Language>()
@@ -256,10 +336,11 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
                 message: d.message.trim().to_string(),
                 source: path.to_string(),
             },
-            query: d.query,
+            queries,
             regex,
             conditions,
             unless,
+            when,
             bad: d.bad,
             good: d.good,
             example_lang,
@@ -358,17 +439,25 @@ mod tests {
 
     #[test]
     fn placeholders_skip_repetitions_and_escapes() {
-        assert_eq!(placeholders(r"free\({p}\);.*{q}\b[a-z]{2,3}"), vec!["p", "q"]);
+        assert_eq!(
+            placeholders(r"free\({p}\);.*{q}\b[a-z]{2,3}"),
+            vec!["p", "q"]
+        );
         assert_eq!(fill(r"x{a}y{2}", |_| Some("Z".into())), "xZy{2}");
     }
 
     #[test]
     fn bad_rule_files_name_the_rule_and_the_problem() {
-        let e = parse_rules("t.toml", "[[rule]]\nid='x'\nseverity='high'\nlanguages=['c']\nmessage='m'\n")
+        let e = parse_rules(
+            "t.toml",
+            "[[rule]]\nid='x'\nseverity='high'\nlanguages=['c']\nmessage='m'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rule x") && e.contains("exactly one of"), "{e}");
+        let e = parse_rules("t.toml", "[[rule]]\nid='x'\nseverity='huge'\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("rule x") && e.contains("exactly one of"), "{e}");
-        let e = parse_rules("t.toml", "[[rule]]\nid='x'\nseverity='huge'\n").unwrap_err().to_string();
         assert!(e.contains("t.toml"), "{e}");
         let e = parse_rules(
             "t.toml",
