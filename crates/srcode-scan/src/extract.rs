@@ -79,7 +79,11 @@ pub fn code_spans(text: &[u8], lang: Language) -> Vec<Span> {
         return vec![Span::new(0, text.len())];
     }
     let same = |l: Language| {
-        l == lang || matches!((l, lang), (Language::C, Language::Cpp) | (Language::Cpp, Language::C))
+        l == lang
+            || matches!(
+                (l, lang),
+                (Language::C, Language::Cpp) | (Language::Cpp, Language::C)
+            )
     };
     let tagged: Vec<Span> = blocks
         .iter()
@@ -119,10 +123,16 @@ mod tests {
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].slice(a), Some("import os\nos.system(x)\n"));
         // No fence: the whole answer.
-        assert_eq!(code_spans(b"x = 1", Language::Python), vec![Span::new(0, 5)]);
+        assert_eq!(
+            code_spans(b"x = 1", Language::Python),
+            vec![Span::new(0, 5)]
+        );
         // Only an untagged fence: used.
         let u = "```\nint a;\n```";
-        assert_eq!(code_spans(u.as_bytes(), Language::C)[0].slice(u), Some("int a;\n"));
+        assert_eq!(
+            code_spans(u.as_bytes(), Language::C)[0].slice(u),
+            Some("int a;\n")
+        );
         // Only a fence in another language: nothing to scan.
         assert!(code_spans(b"```java\nclass A{}\n```", Language::Python).is_empty());
     }
@@ -139,7 +149,10 @@ mod tests {
         let bl = fenced_blocks(b.as_bytes());
         assert_eq!(bl[0].span.slice(b), Some("x=1\n```\ny=2\n"));
         assert_eq!(bl[0].lang, Some(Language::Python));
-        assert_eq!(answer_language(b"```js\nlet a\n```"), Some(Language::JavaScript));
+        assert_eq!(
+            answer_language(b"```js\nlet a\n```"),
+            Some(Language::JavaScript)
+        );
         // Invalid UTF-8 does not matter.
         let c = b"```c\n\xff\xfe gets(b);\n```";
         assert_eq!(fenced_blocks(c).len(), 1);

@@ -130,11 +130,27 @@ pub fn guess(text: &[u8]) -> Option<Language> {
     let scores = [
         (
             Language::Cpp,
-            score(&["std::", "#include <iostream>", "template<", "template <", "nullptr", "cout <<", "namespace "]),
+            score(&[
+                "std::",
+                "#include <iostream>",
+                "template<",
+                "template <",
+                "nullptr",
+                "cout <<",
+                "namespace ",
+            ]),
         ),
         (
             Language::C,
-            score(&["#include", "int main(", "printf(", "malloc(", "->", "char *", "size_t"]),
+            score(&[
+                "#include",
+                "int main(",
+                "printf(",
+                "malloc(",
+                "->",
+                "char *",
+                "size_t",
+            ]),
         ),
         (
             Language::Python,
@@ -142,11 +158,27 @@ pub fn guess(text: &[u8]) -> Option<Language> {
         ),
         (
             Language::Java,
-            score(&["public class", "public static", "System.out", "import java.", "private ", "String[]", "@Override"]),
+            score(&[
+                "public class",
+                "public static",
+                "System.out",
+                "import java.",
+                "private ",
+                "String[]",
+                "@Override",
+            ]),
         ),
         (
             Language::JavaScript,
-            score(&["function ", "const ", "let ", "=>", "require(", "console.log", "document."]),
+            score(&[
+                "function ",
+                "const ",
+                "let ",
+                "=>",
+                "require(",
+                "console.log",
+                "document.",
+            ]),
         ),
     ];
     let (lang, best) = scores.iter().copied().max_by_key(|&(_, n)| n)?;
@@ -170,10 +202,22 @@ mod tests {
         assert_eq!(from_fence_tag("C++ {.numberLines}"), Some(Language::Cpp));
         assert_eq!(from_fence_tag("rust"), None);
         assert_eq!(guess(b"def f(x):\n    import os\n"), Some(Language::Python));
-        assert_eq!(guess(b"#include <stdio.h>\nint main(){printf(\"x\");}"), Some(Language::C));
-        assert_eq!(guess(b"#include <vector>\nstd::vector<int> v;"), Some(Language::Cpp));
-        assert_eq!(guess(b"public class A { public static void main(String[] a){} }"), Some(Language::Java));
-        assert_eq!(guess(b"const x = require('fs');"), Some(Language::JavaScript));
+        assert_eq!(
+            guess(b"#include <stdio.h>\nint main(){printf(\"x\");}"),
+            Some(Language::C)
+        );
+        assert_eq!(
+            guess(b"#include <vector>\nstd::vector<int> v;"),
+            Some(Language::Cpp)
+        );
+        assert_eq!(
+            guess(b"public class A { public static void main(String[] a){} }"),
+            Some(Language::Java)
+        );
+        assert_eq!(
+            guess(b"const x = require('fs');"),
+            Some(Language::JavaScript)
+        );
         assert_eq!(guess(b"\x00\x01\x02"), None);
     }
 }

@@ -7,7 +7,12 @@ fn every_rule_flags_its_bad_examples_and_spares_its_good_ones() {
     let s = Scanner::builtin().expect("built-in rules load");
     let errs = s.check_examples();
     let msg: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-    assert!(msg.is_empty(), "{} example failures:\n{}", msg.len(), msg.join("\n"));
+    assert!(
+        msg.is_empty(),
+        "{} example failures:\n{}",
+        msg.len(),
+        msg.join("\n")
+    );
 }
 
 #[test]
@@ -15,9 +20,15 @@ fn a_finding_slices_exactly_the_flagged_call() {
     let s = Scanner::builtin().unwrap();
     let code = "// héllo\nvoid f(const char *s) {\n  char b[8];\n  strcpy(b, s);\n}\n";
     let f = s.scan_code(code.as_bytes(), Language::C, "x.c").unwrap();
-    let hit = f.iter().find(|f| f.rule_id == "c.strcpy-unbounded").expect("flagged");
+    let hit = f
+        .iter()
+        .find(|f| f.rule_id == "c.strcpy-unbounded")
+        .expect("flagged");
     assert_eq!(&code[hit.byte_start..hit.byte_end], "strcpy(b, s)");
-    assert_eq!((hit.line, hit.column, hit.end_line, hit.end_column), (4, 3, 4, 15));
+    assert_eq!(
+        (hit.line, hit.column, hit.end_line, hit.end_column),
+        (4, 3, 4, 15)
+    );
     assert_eq!(hit.file, "x.c");
     assert_eq!(hit.tool, "srcode");
 }
