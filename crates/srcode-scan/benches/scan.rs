@@ -1,1 +1,99 @@
-fn main() {}
+//! In-process scan latency on typical LLM-sized functions (30–80 lines of C or Python, taken
+//! from SVEN's training split): `cargo bench -p srcode-scan --bench scan`.
+//! Reports the median, p90 and maximum time of one `Scanner::scan_code` call per language.
+
+use srcode_scan::{Language, Scanner};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn snippets(dir: &std::path::Path, lang: Language) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let name = v["file_name"].as_str().unwrap_or("");
+            let l = srcode_scan::lang::from_path(std::path::Path::new(name));
+            let same = match lang {
+                Language::C => matches!(l, Some(Language::C) | Some(Language::Cpp)),
+                other => l == Some(other),
+            };
+            if !same {
+                continue;
+            }
+            for key in ["func_src_before", "func_src_after"] {
+                if let Some(src) = v[key].as_str() {
+                    let n = src.lines().count();
+                    if (30..=80).contains(&n) {
+                        out.push(src.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    let data = std::env::var_os("SRCODE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+        .join("sven/train");
+    if !data.is_dir() {
+        println!(
+            "SKIP scan bench: {} not found (set SRCODE_SHARED_DATA)",
+            data.display()
+        );
+        return;
+    }
+    let t0 = Instant::now();
+    let scanner = Scanner::builtin().expect("built-in rules");
+    println!(
+        "scanner construction (all rules, 5 languages): {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    println!("| language | snippets | lines (mean) | median | p90 | max | findings |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for lang in [Language::C, Language::Python] {
+        let snips = snippets(&data, lang);
+        if snips.is_empty() {
+            println!("| {lang} | 0 | - | - | - | - | - |");
+            continue;
+        }
+        // Warm-up: parsers and caches.
+        for s in snips.iter().take(20) {
+            let _ = scanner.scan_code(s.as_bytes(), lang, "");
+        }
+        let mut times: Vec<Duration> = Vec::new();
+        let mut findings = 0;
+        for _ in 0..5 {
+            for s in &snips {
+                let t = Instant::now();
+                let f = scanner.scan_code(s.as_bytes(), lang, "").expect("scan");
+                times.push(t.elapsed());
+                findings += f.len();
+            }
+        }
+        times.sort();
+        let q = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+        let lines: usize = snips.iter().map(|s| s.lines().count()).sum();
+        println!(
+            "| {lang} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {} |",
+            snips.len(),
+            lines as f64 / snips.len() as f64,
+            q(0.5),
+            q(0.9),
+            q(1.0),
+            findings / 5
+        );
+    }
+}

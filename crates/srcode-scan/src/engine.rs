@@ -6,8 +6,10 @@ use crate::extract;
 use crate::lang;
 use crate::rules::{self, Condition, Rule, Scope};
 use crate::RuleInfo;
+use rayon::prelude::*;
 use srcode_core::{Finding, Language, LineIndex};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use streaming_iterator::StreamingIterator;
@@ -53,6 +55,27 @@ pub struct Scanner {
 
 thread_local! {
     static PARSERS: RefCell<Vec<Option<Parser>>> = RefCell::new((0..5).map(|_| None).collect());
+    /// Compiled `unless`/`when` regexes by their filled-in source: the same identifier recurs
+    /// in a file and across rollouts, and compiling costs far more than matching.
+    static CHECKS: RefCell<HashMap<String, Option<regex::bytes::Regex>>> = RefCell::new(HashMap::new());
+}
+
+/// A compiled check regex from the per-thread cache (ASCII classes: `\w`, `\b` over bytes).
+fn check_regex<R>(src: String, f: impl FnOnce(Option<&regex::bytes::Regex>) -> R) -> R {
+    CHECKS.with(|cell| {
+        let mut map = cell.borrow_mut();
+        if map.len() > 8192 {
+            map.clear();
+        }
+        let re = map.entry(src).or_insert_with_key(|k| {
+            regex::bytes::RegexBuilder::new(k)
+                .unicode(false)
+                .size_limit(1 << 22)
+                .build()
+                .ok()
+        });
+        f(re.as_ref())
+    })
 }
 
 impl Scanner {
@@ -87,10 +110,12 @@ impl Scanner {
                 });
             }
         }
-        let mut packs = Vec::new();
-        for lang in Language::ALL {
-            packs.push(compile_pack(lang, &rules)?);
-        }
+        // Query compilation dominates start-up (tree-sitter analyses every pattern against the
+        // grammar); the languages compile in parallel.
+        let packs = Language::ALL
+            .par_iter()
+            .map(|&lang| compile_pack(lang, &rules))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Scanner {
             rules,
             packs,
@@ -500,9 +525,6 @@ fn check_found(
     c: &rules::Check,
     capture_text: impl Fn(&str) -> Option<String>,
 ) -> bool {
-    let Ok(re) = regex::bytes::Regex::new(&rules::fill(&c.template, &capture_text)) else {
-        return false;
-    };
     let (mut s, mut e) = match c.scope {
         Scope::File => (0, code.len()),
         Scope::Function => {
@@ -522,14 +544,19 @@ fn check_found(
     if c.after {
         s = s.max(finding_end);
         if let Some(stop) = &c.stop {
-            if let Ok(stop) = regex::bytes::Regex::new(&rules::fill(stop, &capture_text)) {
-                if s < e {
-                    if let Some(m) = stop.find(&code[s..e]) {
-                        e = s + m.start();
-                    }
+            if s < e {
+                let cut = check_regex(rules::fill(stop, &capture_text), |re| {
+                    re.and_then(|re| re.find(&code[s..e]))
+                        .map(|m| s + m.start())
+                });
+                if let Some(cut) = cut {
+                    e = cut;
                 }
             }
         }
     }
-    s < e && re.is_match(&code[s..e])
+    s < e
+        && check_regex(rules::fill(&c.template, &capture_text), |re| {
+            re.is_some_and(|re| re.is_match(&code[s..e]))
+        })
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod external;
 pub mod extract;
 pub mod lang;
+pub mod pairs;
 pub mod rules;
 pub mod sarif;
 

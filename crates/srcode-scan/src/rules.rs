@@ -174,7 +174,10 @@ fn rule_err(id: &str, path: &str, message: impl Into<String>) -> ScanError {
 }
 
 fn compile_regex(id: &str, path: &str, what: &str, src: &str) -> Result<regex::bytes::Regex> {
+    // ASCII classes (`\w`, `\b`, `(?i)`) over bytes: code is ASCII where it matters, and the
+    // automata are far smaller than their Unicode versions.
     regex::bytes::RegexBuilder::new(src)
+        .unicode(false)
         .size_limit(1 << 22)
         .build()
         .map_err(|e| rule_err(id, path, format!("bad {what} regex: {e}")))

@@ -1,0 +1,31 @@
+//! The analyser on SVEN's held-out validation pairs (83 real CVE fixes): vulnerable versions
+//! must be flagged more often than fixed ones. Skips, saying so, when `../shared/data` is absent.
+
+use srcode_scan::{pairs, Scanner};
+use std::path::PathBuf;
+
+#[test]
+fn vulnerable_versions_are_flagged_more_often_than_fixed_ones() {
+    let dir = std::env::var_os("SRCODE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+        .join("sven/val");
+    if !dir.is_dir() {
+        eprintln!(
+            "SKIP sven pairs: {} not found (set SRCODE_SHARED_DATA)",
+            dir.display()
+        );
+        return;
+    }
+    let scanner = Scanner::builtin().unwrap();
+    let ps = pairs::load_sven(&dir).unwrap();
+    assert_eq!(ps.len(), 83, "the validation split has 83 pairs");
+    let rep = pairs::evaluate(&scanner, &ps).unwrap();
+    eprintln!("{}", rep.markdown());
+    assert!(
+        rep.total.gap() > 0.0,
+        "gap {:.3} is not positive:\n{}",
+        rep.total.gap(),
+        rep.markdown()
+    );
+}
