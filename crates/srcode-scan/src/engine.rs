@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 use streaming_iterator::StreamingIterator;
 use tree_sitter::{Node, Parser, Query, QueryCursor, Tree};
 
+/// Findings of an answer plus what the reward engine needs to know about its code.
+#[derive(Debug, Clone)]
+pub struct ScanReport {
+    pub findings: Vec<Finding>,
+    /// The parts of the answer analysed as code (Markdown fences, or the whole answer).
+    pub code: Vec<srcode_core::Span>,
+    /// Whether there is code and all of it parses without error nodes.
+    pub parses: bool,
+}
+
 /// Limits that keep one pathological input from stalling a scan.
 #[derive(Debug, Clone, Copy)]
 pub struct ScanLimits {
@@ -156,6 +166,22 @@ impl Scanner {
         Ok(self.finish(answer, raw, file))
     }
 
+    /// [`Scanner::scan_answer`] with what a reward needs besides the findings: which parts of
+    /// the answer are code, and whether they parse without error nodes.
+    pub fn scan_answer_report(&self, answer: &[u8], lang: Language, file: &str) -> Result<ScanReport> {
+        let mut raw = Vec::new();
+        let spans = extract::code_spans(answer, lang);
+        let mut parses = !spans.is_empty();
+        for span in &spans {
+            parses &= self.scan_region(answer, span.start, span.end, lang, &mut raw)?;
+        }
+        Ok(ScanReport {
+            findings: self.finish(answer, raw, file),
+            code: spans,
+            parses,
+        })
+    }
+
     /// Sorts, removes duplicates and fills in lines and columns.
     fn finish(&self, text: &[u8], mut raw: Vec<(usize, usize, usize)>, file: &str) -> Vec<Finding> {
         raw.sort_unstable();
@@ -188,6 +214,7 @@ impl Scanner {
     }
 
     /// Scans `text[start..end]`, pushing `(byte_start, byte_end, rule)` with offsets into `text`.
+    /// Returns whether the region parsed without error nodes.
     fn scan_region(
         &self,
         text: &[u8],
@@ -195,7 +222,7 @@ impl Scanner {
         end: usize,
         lang: Language,
         out: &mut Vec<(usize, usize, usize)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let code = &text[start..end];
         if code.len() > self.limits.max_bytes {
             return Err(ScanError::Unsupported(format!(
@@ -205,9 +232,6 @@ impl Scanner {
             )));
         }
         let pack = &self.packs[lang::index(lang)];
-        if pack.query.is_none() && pack.regex_rules.is_empty() {
-            return Ok(());
-        }
         let tree = self.parse(code, lang)?;
         let root = tree.root_node();
         if let Some(q) = &pack.query {
@@ -291,7 +315,7 @@ impl Scanner {
                 out.push((start + m.start(), start + m.end(), ri));
             }
         }
-        Ok(())
+        Ok(!root.has_error())
     }
 
     fn parse(&self, code: &[u8], lang: Language) -> Result<Tree> {

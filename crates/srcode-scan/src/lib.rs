@@ -18,7 +18,7 @@ pub mod pairs;
 pub mod rules;
 pub mod sarif;
 
-pub use engine::{ScanLimits, Scanner};
+pub use engine::{ScanLimits, ScanReport, Scanner};
 
 pub use error::{Result, ScanError};
 pub use srcode_core::{Cwe, Finding, Language, LineIndex, Severity, Span};
