@@ -168,7 +168,12 @@ impl Scanner {
 
     /// [`Scanner::scan_answer`] with what a reward needs besides the findings: which parts of
     /// the answer are code, and whether they parse without error nodes.
-    pub fn scan_answer_report(&self, answer: &[u8], lang: Language, file: &str) -> Result<ScanReport> {
+    pub fn scan_answer_report(
+        &self,
+        answer: &[u8],
+        lang: Language,
+        file: &str,
+    ) -> Result<ScanReport> {
         let mut raw = Vec::new();
         let spans = extract::code_spans(answer, lang);
         let mut parses = !spans.is_empty();
@@ -505,9 +510,7 @@ fn condition_holds<'a>(
     nodes: impl Iterator<Item = Node<'a>>,
     c: &Condition,
 ) -> bool {
-    let mut any = false;
     for n in nodes {
-        any = true;
         let text = &code[n.start_byte()..n.end_byte()];
         let kind = n.kind();
         if c.kind
@@ -524,8 +527,9 @@ fn condition_holds<'a>(
             return false;
         }
     }
-    // An absent (optional) capture passes only conditions that forbid something.
-    any || (c.kind.is_none() && c.matches.is_none() && c.literal != Some(true))
+    // A condition constrains a capture the match has; patterns of a rule that do not capture
+    // it (or leave an optional capture empty) are not constrained by it.
+    true
 }
 
 fn in_comment(mut node: Node<'_>) -> bool {

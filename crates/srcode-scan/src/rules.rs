@@ -14,7 +14,8 @@
 //! (call_expression function: (identifier) @f (#eq? @f "strcpy")
 //!   arguments: (argument_list (_) (_) @src)) @finding
 //! '''
-//! # Every condition must hold. A condition names a capture and tests it with any of:
+//! # Every condition must hold for the captures a match has (a pattern of the rule that does
+//! # not capture the name is not constrained). A condition names a capture and tests any of:
 //! # literal = true|false (a constant string literal or not), kind / not_kind = [node kinds],
 //! # matches / not_matches = "regex on the capture's text".
 //! where = [{ capture = "src", literal = false }]
