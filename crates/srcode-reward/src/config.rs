@@ -55,12 +55,13 @@ impl Default for ReferenceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstanceConfig {
-    /// + when the code parses without error nodes, − when it does not.
+    /// Plus this when the code parses without error nodes, minus when it does not.
     pub parse: f32,
-    /// + when the analyser finds nothing, − (scaled by the worst severity) when it does.
+    /// Plus this when the analyser finds nothing, minus (scaled by the worst severity) when
+    /// it does.
     pub clean: f32,
-    /// + / − for `gcc -fsyntax-only` on C/C++ (off by default: snippets without their headers
-    /// rarely compile, and a compiler call costs tens of milliseconds).
+    /// Plus or minus this for `gcc -fsyntax-only` on C/C++ (off by default: snippets without
+    /// their headers rarely compile, and a compiler call costs tens of milliseconds).
     pub compile: f32,
     /// Reward given instead of everything else to a degenerate answer (see `guard`).
     pub hack_penalty: f32,

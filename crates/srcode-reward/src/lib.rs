@@ -11,6 +11,7 @@ pub mod config;
 pub mod heatmap;
 pub mod lex;
 pub mod reference;
+pub mod sven;
 
 use align::{tokens_covering, TokenSpan};
 use config::{RewardConfig, Spread};

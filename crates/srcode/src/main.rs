@@ -5,6 +5,8 @@ mod bench;
 mod generate;
 mod home;
 mod model_cmd;
+mod reward_cmd;
+mod scan_cmd;
 
 use anyhow::Result;
 
@@ -19,7 +21,8 @@ use clap::{Parser, Subcommand};
 ///
 /// srcode builds secure-repair datasets from real vulnerability fixes, trains a policy with SFT
 /// and token-level-reward RL, and evaluates both security and functionality. This build has the
-/// model runtime: fetching the default model, inspecting models, generating, and benchmarks.
+/// model runtime (fetching the default model, inspecting models, generating, benchmarks) and the
+/// vulnerability analyser (`scan`).
 #[derive(Parser)]
 #[command(name = "srcode", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -40,6 +43,13 @@ enum Command {
     /// Measure the runtime on this machine: decode speed and training-step speed.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Find vulnerabilities in C, C++, Python, Java and JavaScript code or LLM answers.
+    ///
+    /// Exit status: 0 no findings, 1 findings, 2 error. Findings carry exact byte spans.
+    Scan(scan_cmd::ScanArgs),
+    /// Token-level rewards for a file of rollouts (analyser findings, repair-pair patterns,
+    /// instance checks), with an optional per-token HTML heat map.
+    Reward(reward_cmd::RewardArgs),
 }
 
 fn main() {
@@ -55,13 +65,18 @@ fn main() {
         _ => srcode_lm::CpuWorkload::Inference,
     };
     srcode_lm::init_cpu_runtime(workload);
-    let result: Result<()> = match cli.command {
-        Command::Model(c) => model_cmd::run(c),
-        Command::Generate(a) => generate::run(a),
-        Command::Bench(c) => bench::run(c),
+    let result: Result<i32> = match cli.command {
+        Command::Model(c) => model_cmd::run(c).map(|()| 0),
+        Command::Generate(a) => generate::run(a).map(|()| 0),
+        Command::Bench(c) => bench::run(c).map(|()| 0),
+        Command::Scan(a) => scan_cmd::run(a),
+        Command::Reward(a) => reward_cmd::run(a).map(|()| 0),
     };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(2);
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
     }
 }

@@ -1,0 +1,37 @@
+//! The bar on SVEN's training pairs with SmolLM2's tokenizer: the mean token reward over
+//! the changed hunks is higher for the fixed version than for the vulnerable one in at least 8
+//! of the 9 CWEs. Skips, saying why, without `../shared/data` or the default model.
+
+use srcode_reward::config::RewardConfig;
+use srcode_reward::{sven, RewardEngine};
+use srcode_scan::{pairs, Scanner};
+use std::path::PathBuf;
+
+#[test]
+fn fixed_hunks_earn_more_than_vulnerable_hunks_in_8_of_9_cwes() {
+    let dir = std::env::var_os("SRCODE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+        .join("sven/train");
+    if !dir.is_dir() {
+        eprintln!(
+            "SKIP sven hunk rewards: {} not found (set SRCODE_SHARED_DATA)",
+            dir.display()
+        );
+        return;
+    }
+    let Some(model) = srcode_lm::tokenizer::default_test_gguf() else {
+        return; // default_test_gguf printed why
+    };
+    let tok = srcode_lm::loader::inspect(&model).unwrap().tokenizer;
+    let engine = RewardEngine::new(Scanner::builtin().unwrap(), RewardConfig::default());
+    let ps = pairs::load_sven(&dir).unwrap();
+    let rep = sven::hunk_rewards(&engine, &ps, &|code| {
+        tok.encode_with_offsets(code).unwrap().1
+    })
+    .unwrap();
+    eprintln!("{}", rep.markdown());
+    let (wins, cwes) = rep.wins();
+    assert_eq!(cwes, 9, "all nine CWEs have usable pairs");
+    assert!(wins >= 8, "{}", rep.markdown());
+}
