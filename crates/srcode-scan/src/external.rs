@@ -93,6 +93,8 @@ pub struct ExternalOptions {
     pub semgrep_config: Option<PathBuf>,
     /// Directories searched for executables before `$PATH` (e.g. a virtualenv's `bin`).
     pub search_path: Vec<PathBuf>,
+    /// Also look in `$PATH`.
+    pub use_path: bool,
 }
 
 impl Default for ExternalOptions {
@@ -101,6 +103,7 @@ impl Default for ExternalOptions {
             timeout: Duration::from_secs(120),
             semgrep_config: None,
             search_path: Vec::new(),
+            use_path: true,
         }
     }
 }
@@ -108,6 +111,7 @@ impl Default for ExternalOptions {
 /// The tool's executable: in `search_path`, then `$PATH`.
 pub fn locate(tool: Tool, opts: &ExternalOptions) -> Result<PathBuf> {
     let path_dirs = std::env::var_os("PATH")
+        .filter(|_| opts.use_path)
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
     for dir in opts.search_path.iter().chain(&path_dirs) {
@@ -256,10 +260,26 @@ pub fn run(tool: Tool, files: &[PathBuf], opts: &ExternalOptions) -> Result<Vec<
         ),
     })?;
     let mut read = |p: &str| std::fs::read(p).ok();
-    match tool {
-        Tool::Bandit => parse_bandit(&doc, &mut read),
-        _ => parse_sarif(tool.name(), &doc, &mut read),
+    let mut found = match tool {
+        Tool::Bandit => parse_bandit(&doc, &mut read)?,
+        Tool::Flawfinder => parse_sarif(tool.name(), &doc, ColumnUnit::CodePoints, &mut read)?,
+        Tool::Semgrep | Tool::Cppcheck => {
+            parse_sarif(tool.name(), &doc, ColumnUnit::Bytes, &mut read)?
+        }
+    };
+    // Report files as the caller named them (tools print `./a.py`, absolute paths...).
+    let canon: Vec<(Option<PathBuf>, &PathBuf)> = files
+        .iter()
+        .map(|f| (std::fs::canonicalize(f).ok(), *f))
+        .collect();
+    for f in &mut found {
+        if let Ok(c) = std::fs::canonicalize(&f.file) {
+            if let Some((_, given)) = canon.iter().find(|(k, _)| k.as_ref() == Some(&c)) {
+                f.file = given.display().to_string();
+            }
+        }
     }
+    Ok(found)
 }
 
 fn severity_of(level: Option<&str>) -> Severity {
@@ -270,13 +290,13 @@ fn severity_of(level: Option<&str>) -> Severity {
     }
 }
 
-/// First `CWE-N` mentioned in any of the strings.
+/// First `CWE-N` mentioned in any of the strings (`CWE-120`, `cwe/cwe-78`, `CWE:22`).
 fn find_cwe<'a>(texts: impl IntoIterator<Item = &'a str>) -> Option<Cwe> {
     for t in texts {
         let lower = t.to_ascii_lowercase();
-        if let Some(i) = lower.find("cwe") {
+        for (i, _) in lower.match_indices("cwe") {
             let digits: String = lower[i + 3..]
-                .trim_start_matches(['-', '/', ':', ' '])
+                .trim_start_matches(['-', '/', ':', ' ', '_'])
                 .chars()
                 .take_while(char::is_ascii_digit)
                 .collect();
@@ -288,25 +308,52 @@ fn find_cwe<'a>(texts: impl IntoIterator<Item = &'a str>) -> Option<Cwe> {
     None
 }
 
-/// Byte offset of a 1-based SARIF column on a 1-based line, counting `unit`s.
+/// What a SARIF column counts. The spec's default is UTF-16 code units, but tools differ:
+/// measured with a line holding "é😀" before the flagged call, semgrep 1.182 and cppcheck 2.22
+/// count bytes and flawfinder counts code points (while leaving `columnKind` at the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnUnit {
+    /// What the run's `columnKind` says (UTF-16 code units when absent).
+    FromRun,
+    Utf16,
+    CodePoints,
+    Bytes,
+}
+
+/// Byte offset of a 1-based column on a 1-based line.
 fn column_to_byte(
     src: &[u8],
     ix: &LineIndex,
     line: usize,
     col: usize,
-    utf16: bool,
+    unit: ColumnUnit,
 ) -> Option<usize> {
     let start = ix.offset(line, 1)?;
     let end = ix.offset(line + 1, 1).unwrap_or(src.len());
-    let text = String::from_utf8_lossy(&src[start..end]);
+    if unit == ColumnUnit::Bytes {
+        return Some((start + col.saturating_sub(1)).min(end));
+    }
     let mut units = 1;
     let mut byte = start;
-    for ch in text.chars() {
-        if units >= col || ch == '\n' {
-            break;
-        }
-        units += if utf16 { ch.len_utf16() } else { 1 };
-        byte += if ch == '\u{FFFD}' { 1 } else { ch.len_utf8() };
+    while byte < end && units < col && src[byte] != b'\n' {
+        // One character; a byte that does not start valid UTF-8 counts as one unit.
+        let len = match src[byte] {
+            b if b >= 0xF0 => 4,
+            b if b >= 0xE0 => 3,
+            b if b >= 0xC0 => 2,
+            _ => 1,
+        };
+        let len = if std::str::from_utf8(&src[byte..(byte + len).min(end)]).is_ok() {
+            len
+        } else {
+            1
+        };
+        units += if unit == ColumnUnit::Utf16 && len == 4 {
+            2
+        } else {
+            1
+        };
+        byte += len;
     }
     Some(byte.min(end))
 }
@@ -336,6 +383,7 @@ fn strip_uri(uri: &str) -> String {
 pub fn parse_sarif(
     tool: &str,
     sarif: &Value,
+    columns: ColumnUnit,
     read_file: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
 ) -> Result<Vec<Finding>> {
     let bad = |m: &str| ScanError::External {
@@ -349,7 +397,11 @@ pub fn parse_sarif(
     let mut files: std::collections::HashMap<String, Option<(Vec<u8>, LineIndex)>> =
         Default::default();
     for run in runs {
-        let utf16 = run["columnKind"].as_str() != Some("unicodeCodePoints");
+        let unit = match (columns, run["columnKind"].as_str()) {
+            (ColumnUnit::FromRun, Some("unicodeCodePoints")) => ColumnUnit::CodePoints,
+            (ColumnUnit::FromRun, _) => ColumnUnit::Utf16,
+            (u, _) => u,
+        };
         let rules = run["tool"]["driver"]["rules"]
             .as_array()
             .cloned()
@@ -429,9 +481,9 @@ pub fn parse_sarif(
                         (Some(o), Some(l)) => (o as usize, (o + l) as usize),
                         _ => {
                             let sc = reg["startColumn"].as_u64().unwrap_or(1) as usize;
-                            let bs = column_to_byte(bytes, ix, line, sc, utf16).unwrap_or(0);
+                            let bs = column_to_byte(bytes, ix, line, sc, unit).unwrap_or(0);
                             let be = match reg["endColumn"].as_u64() {
-                                Some(ec) => column_to_byte(bytes, ix, end_line, ec as usize, utf16),
+                                Some(ec) => column_to_byte(bytes, ix, end_line, ec as usize, unit),
                                 // No end column: to the end of the line (without the newline).
                                 None => ix.offset(end_line + 1, 1).map(|e| {
                                     if e > 0 && bytes.get(e - 1) == Some(&b'\n') {

@@ -226,6 +226,7 @@ pub fn run(a: ScanArgs) -> Result<i32> {
             search_path: std::env::var_os("SRCODE_TOOLS_BIN")
                 .map(|p| std::env::split_paths(&p).collect())
                 .unwrap_or_default(),
+            use_path: true,
         };
         for t in tools {
             if files.is_empty() {
