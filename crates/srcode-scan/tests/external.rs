@@ -195,7 +195,7 @@ fn real_tools_report_byte_exact_spans() {
     std::fs::write(&py, py_text).unwrap();
     let mut opts = tools_opts();
 
-    if let Some(f) = real(Tool::Flawfinder, &[c.clone()], &opts) {
+    if let Some(f) = real(Tool::Flawfinder, std::slice::from_ref(&c), &opts) {
         let hit = f
             .iter()
             .find(|f| text[f.byte_start..f.byte_end].starts_with("strcpy"))
@@ -203,14 +203,14 @@ fn real_tools_report_byte_exact_spans() {
         assert_eq!(hit.file, c.display().to_string());
         assert_eq!(hit.tool, "flawfinder");
     }
-    if let Some(f) = real(Tool::Cppcheck, &[oob.clone()], &opts) {
+    if let Some(f) = real(Tool::Cppcheck, std::slice::from_ref(&oob), &opts) {
         let hit = f
             .iter()
             .find(|f| f.rule_id == "arrayIndexOutOfBounds")
             .expect("overrun flagged");
         assert!(oob_text[hit.byte_start..].starts_with("[8] = 0"), "{hit:?}");
     }
-    if let Some(f) = real(Tool::Bandit, &[py.clone()], &opts) {
+    if let Some(f) = real(Tool::Bandit, std::slice::from_ref(&py), &opts) {
         let hit = f
             .iter()
             .find(|f| f.rule_id == "B602")
@@ -224,7 +224,7 @@ fn real_tools_report_byte_exact_spans() {
     let rules = dir.path().join("rules.yml");
     std::fs::write(&rules, "rules:\n  - id: strcpy-call\n    languages: [c]\n    severity: ERROR\n    message: strcpy is unbounded\n    metadata: {cwe: [\"CWE-120: Buffer Copy without Checking Size of Input\"]}\n    pattern: strcpy(...)\n").unwrap();
     opts.semgrep_config = Some(rules);
-    if let Some(f) = real(Tool::Semgrep, &[c.clone()], &opts) {
+    if let Some(f) = real(Tool::Semgrep, std::slice::from_ref(&c), &opts) {
         let hit = f
             .iter()
             .find(|f| f.rule_id.ends_with("strcpy-call"))
