@@ -32,3 +32,27 @@ fn a_finding_slices_exactly_the_flagged_call() {
     assert_eq!(hit.file, "x.c");
     assert_eq!(hit.tool, "srcode");
 }
+
+#[test]
+fn the_rule_packs_cover_every_language_and_the_required_cwes() {
+    let s = Scanner::builtin().unwrap();
+    let rules: Vec<_> = s.rules().collect();
+    assert!(rules.len() >= 60, "only {} rules", rules.len());
+    for lang in Language::ALL {
+        let n = rules
+            .iter()
+            .filter(|r| r.info.languages.contains(&lang))
+            .count();
+        assert!(n >= 10, "{lang}: {n} rules");
+    }
+    let cwes: Vec<u32> = rules
+        .iter()
+        .filter_map(|r| r.info.cwe.map(|c| c.0))
+        .collect();
+    for want in [
+        22, 78, 79, 89, 95, 120, 125, 134, 190, 295, 327, 328, 338, 377, 416, 502, 690, 732, 787,
+        798,
+    ] {
+        assert!(cwes.contains(&want), "no rule for CWE-{want}");
+    }
+}
