@@ -11,6 +11,9 @@ pub enum Spread {
     Span,
     /// Every token on the span's lines.
     Line,
+    /// The statement around the span: back to the previous `;`, `{` or `}` and on to the next
+    /// `;` in C-family code; the logical line in Python.
+    Statement,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -141,6 +141,8 @@ impl RewardEngine {
                     let s = ix.offset(f.line, 1).unwrap_or(span.start);
                     let e = ix.offset(f.end_line + 1, 1).unwrap_or(text.len());
                     span = Span::new(s, e);
+                } else if cfg.analyser.spread == Spread::Statement {
+                    span = statement_around(text, span, input.lang);
                 }
                 let w = -cfg.analyser.weight * f.severity.weight();
                 for t in tokens_covering(input.tokens, span) {
@@ -266,6 +268,30 @@ impl RewardEngine {
         }
         None
     }
+}
+
+/// The statement containing `span`: C-family code runs from after the previous `;`, `{` or `}`
+/// to the next `;` (inclusive); Python from the start of the line to its end, following
+/// backslash and bracket continuations only as far as the span itself reaches.
+fn statement_around(text: &[u8], span: Span, lang: Language) -> Span {
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len());
+    if lang == Language::Python {
+        let s = text[..start].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let e = text[end..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| end + i);
+        return Span::new(s, e);
+    }
+    let s = text[..start]
+        .iter()
+        .rposition(|&b| matches!(b, b';' | b'{' | b'}'))
+        .map_or(0, |i| i + 1);
+    let e = text[end..]
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(text.len(), |i| end + i + 1);
+    // Skip the whitespace before the statement.
+    let s = s + text[s..start].iter().take_while(|b| b.is_ascii_whitespace()).count();
+    Span::new(s, e)
 }
 
 /// Whether `code` defines a function called `name` (a cheap lexical check: the name followed by

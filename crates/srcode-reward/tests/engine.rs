@@ -66,6 +66,22 @@ fn line_spread_covers_the_whole_line_and_weights_scale() {
 }
 
 #[test]
+fn statement_spread_covers_the_statement_around_the_finding() {
+    let mut cfg = RewardConfig::default();
+    cfg.analyser.spread = Spread::Statement;
+    let e = engine(cfg);
+    let c = "void f(const char *s) { char b[8]; if (s) n = strcpy(b, s) - b; puts(b); }\n";
+    let t = bytes_as_tokens(c);
+    let r = e.reward(&input(c, &t, Language::C)).unwrap();
+    let stmt = "if (s) n = strcpy(b, s) - b;";
+    let at = c.find(stmt).unwrap();
+    for (i, v) in r.per_token.iter().enumerate() {
+        let inside = (at..at + stmt.len()).contains(&i);
+        assert_eq!(*v < 0.0, inside, "token {i} ({:?}): {v}", &c[i..i + 1]);
+    }
+}
+
+#[test]
 fn a_clean_secure_answer_earns_more_than_a_vulnerable_one() {
     let e = engine(RewardConfig::default());
     let vuln = "def run(host):\n    import os\n    os.system(\"ping -c 1 \" + host)\n";
