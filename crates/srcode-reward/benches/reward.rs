@@ -63,6 +63,7 @@ fn main() {
                     pair: Some(pat),
                     reference_len: None,
                     function_name: None,
+                    tests: None,
                 })
                 .expect("reward");
             let dt = t.elapsed();

@@ -66,6 +66,9 @@ pub struct InstanceConfig {
     /// Plus or minus this for `gcc -fsyntax-only` on C/C++ (off by default: snippets without
     /// their headers rarely compile, and a compiler call costs tens of milliseconds).
     pub compile: f32,
+    /// Plus this when the sample's functional tests pass in the sandbox, minus when they fail
+    /// (Python; samples without tests, or without a sandbox configured, get nothing).
+    pub tests: f32,
     /// Reward given instead of everything else to a degenerate answer (see `guard`).
     pub hack_penalty: f32,
     pub guard: GuardConfig,
@@ -77,6 +80,7 @@ impl Default for InstanceConfig {
             parse: 0.2,
             clean: 0.5,
             compile: 0.0,
+            tests: 1.0,
             hack_penalty: -1.0,
             guard: GuardConfig::default(),
         }

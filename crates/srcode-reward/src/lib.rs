@@ -3,8 +3,8 @@
 //! [`RewardEngine::reward`] scores one completion: analyser findings penalise the tokens of
 //! their spans ([`config::AnalyserConfig`]), a repair pair's secure / vulnerable patterns reward
 //! or penalise the tokens that reproduce them ([`reference`]), and instance-level terms (parses,
-//! analyser-clean, optionally compiles; a guard against degenerate answers) give one number for
-//! the whole completion. Tokens are byte ranges of any tokenizer ([`align`]).
+//! analyser-clean, optionally compiles, functional tests in the sandbox; a guard against
+//! degenerate answers) give one number for the whole completion. Tokens are byte ranges of any tokenizer ([`align`]).
 
 pub mod align;
 pub mod config;
@@ -18,6 +18,7 @@ use config::{RewardConfig, Spread};
 use reference::RepairPattern;
 use serde::Serialize;
 use srcode_core::{Finding, Language, LineIndex, Span};
+use srcode_sandbox::Sandbox;
 use srcode_scan::Scanner;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -28,6 +29,8 @@ use std::time::Duration;
 pub enum RewardError {
     #[error("analyser: {0}")]
     Scan(#[from] srcode_scan::ScanError),
+    #[error(transparent)]
+    Sandbox(#[from] srcode_sandbox::SandboxError),
     #[error("token {index} has byte range {start}..{end}, outside the completion of {len} bytes")]
     BadToken {
         index: usize,
@@ -46,6 +49,7 @@ pub struct Breakdown {
     pub parse: f32,
     pub clean: f32,
     pub compile: f32,
+    pub tests: f32,
     /// Set when the guard judged the answer degenerate (then it is the whole instance reward).
     pub guard: f32,
     /// Why the guard fired.
@@ -93,17 +97,30 @@ pub struct RewardInput<'a> {
     /// Name of the function the prompt asks for; an answer that does not define it is
     /// degenerate.
     pub function_name: Option<&'a str>,
+    /// Functional tests (Python source appended to the answer's code and run in the sandbox).
+    pub tests: Option<&'a str>,
 }
 
 /// Scores completions. Holds the compiled analyser; cheap to share across threads.
 pub struct RewardEngine {
     scanner: Scanner,
     cfg: RewardConfig,
+    sandbox: Option<Sandbox>,
 }
 
 impl RewardEngine {
     pub fn new(scanner: Scanner, cfg: RewardConfig) -> Self {
-        RewardEngine { scanner, cfg }
+        RewardEngine {
+            scanner,
+            cfg,
+            sandbox: None,
+        }
+    }
+
+    /// Runs samples' functional tests in this sandbox (the `tests` instance term).
+    pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
     }
 
     pub fn config(&self) -> &RewardConfig {
@@ -209,7 +226,23 @@ impl RewardEngine {
                     bd.compile = if ok { ic.compile } else { -ic.compile };
                 }
             }
-            bd.parse + bd.clean + bd.compile
+            if let (Some(tests), Some(sb), true) = (
+                input.tests,
+                &self.sandbox,
+                ic.tests != 0.0 && input.lang == Language::Python,
+            ) {
+                let mut program = String::new();
+                for s in &report.code {
+                    program.push_str(&String::from_utf8_lossy(&text[s.start..s.end]));
+                    program.push('\n');
+                }
+                program.push_str("\n\n");
+                program.push_str(tests);
+                program.push('\n');
+                let passed = sb.run_python(&program)?.success();
+                bd.tests = if passed { ic.tests } else { -ic.tests };
+            }
+            bd.parse + bd.clean + bd.compile + bd.tests
         };
         let total = per_token.iter().sum::<f32>() + instance;
         Ok(TokenRewards {
@@ -277,8 +310,14 @@ fn statement_around(text: &[u8], span: Span, lang: Language) -> Span {
     let start = span.start.min(text.len());
     let end = span.end.min(text.len());
     if lang == Language::Python {
-        let s = text[..start].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let e = text[end..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| end + i);
+        let s = text[..start]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let e = text[end..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| end + i);
         return Span::new(s, e);
     }
     let s = text[..start]
@@ -290,7 +329,10 @@ fn statement_around(text: &[u8], span: Span, lang: Language) -> Span {
         .position(|&b| b == b';')
         .map_or(text.len(), |i| end + i + 1);
     // Skip the whitespace before the statement.
-    let s = s + text[s..start].iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let s = s + text[s..start]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
     Span::new(s, e)
 }
 

@@ -77,6 +77,7 @@ pub fn hunk_rewards(
                 pair: Some(&pat),
                 reference_len: None,
                 function_name: None,
+                tests: None,
             })?;
             Ok(mean_over(&r.per_token, &toks, hunks))
         };

@@ -23,6 +23,7 @@ fn input<'a>(c: &'a str, toks: &'a [(usize, usize)], lang: Language) -> RewardIn
         pair: None,
         reference_len: None,
         function_name: None,
+        tests: None,
     }
 }
 
@@ -179,4 +180,24 @@ fn configuration_reads_from_toml_and_rejects_unknown_keys() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("wieght"), "{e}");
+}
+
+#[test]
+fn functional_tests_run_in_the_sandbox_and_decide_the_tests_term() {
+    let e = engine(RewardConfig::default()).with_sandbox(srcode_sandbox::Sandbox::default());
+    let good = "```python\ndef add(a, b):\n    return a + b\n```";
+    let bad = "```python\ndef add(a, b):\n    return a - b\n```";
+    let tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0";
+    for (c, want) in [(good, 1.0), (bad, -1.0)] {
+        let t = bytes_as_tokens(c);
+        let mut i = input(c, &t, Language::Python);
+        i.tests = Some(tests);
+        match e.reward(&i) {
+            Ok(r) => assert_eq!(r.breakdown.tests, want, "{c}"),
+            Err(err) => {
+                eprintln!("SKIP sandboxed tests: {err}");
+                return;
+            }
+        }
+    }
 }

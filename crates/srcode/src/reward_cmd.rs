@@ -27,7 +27,8 @@ pub struct RewardArgs {
     model: Option<PathBuf>,
     /// Rollouts, one JSON object per line: `prompt`, `completion`, optional `language`,
     /// `token_ids` (the generated ids; else the completion is tokenised), `function_name`,
-    /// `pair_id` (a pair of `--pairs`) or `pair: {vulnerable, fixed}` inline.
+    /// `tests` (Python run against the code in the sandbox: no network, CPU/memory/file/process
+    /// limits), `pair_id` (a pair of `--pairs`) or `pair: {vulnerable, fixed}` inline.
     #[arg(long)]
     input: PathBuf,
     /// Where to write the rewarded rollouts (JSONL). With `--resume`, lines already there are
@@ -60,6 +61,8 @@ struct Rollout {
     language: Option<String>,
     token_ids: Option<Vec<u32>>,
     function_name: Option<String>,
+    /// Python tests run against the completion's code in the sandbox.
+    tests: Option<String>,
     pair_id: Option<String>,
     pair: Option<InlinePair>,
 }
@@ -242,6 +245,7 @@ pub fn run(a: RewardArgs) -> Result<()> {
                 pair: pattern,
                 reference_len,
                 function_name: r.function_name.as_deref(),
+                tests: r.tests.as_deref(),
             })
             .with_context(|| where_.clone())?;
         let tokens: Vec<String> = spans
