@@ -1,16 +1,51 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model. Today: build, fetch SmolLM2-135M-Instruct, show what
-# it is, and have it answer two coding requests — one it handles, and the secure-C request whose
-# weak answer is what the Vul2Safe → SFT → RL pipeline (landing next) exists to improve. Grows into
-# that whole pipeline as its stages land.
+# it is, sample the untrained model's answers to coding requests, scan them with the analyser and
+# score every token with the token-level reward (runs/quickstart/rewards.jsonl and a per-token
+# heat map in runs/quickstart/heatmap.html). Grows into the whole Vul2Safe → SFT → RL →
+# evaluation pipeline as its stages land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+out=runs/quickstart
+mkdir -p "$out"
 cargo build --release -p srcode
-./target/release/srcode model fetch
-./target/release/srcode model info | head -8
-echo; echo "== a Python request =="
-./target/release/srcode generate --chat --max-new-tokens 160 \
-  --prompt "Write a Python function that checks whether a number is prime."
-echo; echo "== a secure-C request (the untrained model's baseline) =="
-./target/release/srcode generate --chat --max-new-tokens 200 --temperature 0.7 --top-p 0.9 --seed 1 \
-  --prompt "Write a C function that copies a string into a fixed-size buffer safely."
+srcode=./target/release/srcode
+$srcode model fetch
+$srcode model info | head -8
+
+prompts=(
+  "c|Write a C function that copies a string into a fixed-size buffer."
+  "c|Write a C function that reads a line from the user into a buffer and prints it."
+  "python|Write a Python function that returns the rows of a users table whose name matches a given name, using sqlite3."
+  "python|Write a Python function that pings a host given by the user and returns the output."
+)
+: > "$out/rollouts.jsonl"
+for p in "${prompts[@]}"; do
+  lang=${p%%|*}
+  prompt=${p#*|}
+  echo; echo "== $prompt"
+  $srcode generate --chat --max-new-tokens 220 --temperature 0.7 --top-p 0.9 --seed 1 \
+    --json --prompt "$prompt" > "$out/answer.json"
+  python3 - "$out/answer.json" "$lang" "$prompt" >> "$out/rollouts.jsonl" <<'PY'
+import json, sys
+a = json.load(open(sys.argv[1]))
+print(json.dumps({"prompt": sys.argv[3], "language": sys.argv[2],
+                  "completion": a["text"], "token_ids": a["token_ids"]}))
+PY
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$out/answer.json"
+  echo "-- srcode scan:"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$out/answer.json" \
+    | $srcode scan --lang "$lang" - || true
+done
+echo
+$srcode reward --input "$out/rollouts.jsonl" --output "$out/rewards.jsonl" --html "$out/heatmap.html"
+python3 - "$out/rewards.jsonl" <<'PY'
+import json, sys
+print("\n| prompt | tokens | findings | token reward | instance reward | total |")
+print("|---|---:|---:|---:|---:|---:|")
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"| {r['prompt'][:60]} | {len(r['token_ids'])} | {len(r['findings'])} | "
+          f"{sum(r['token_rewards']):+.2f} | {r['instance_reward']:+.2f} | {r['total_reward']:+.2f} |")
+PY
+echo; echo "per-token heat map: $out/heatmap.html"
