@@ -256,6 +256,27 @@ fn memchr_newlines(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
+/// `../shared/data/<sub>` beside the repository (or `$SRCODE_SHARED_DATA/<sub>`), for tests and
+/// benchmarks. Returns `None`, after printing `SKIP <what>: ...`, when it is absent.
+#[doc(hidden)]
+pub fn shared_data(sub: &str, what: &str) -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("SRCODE_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+        });
+    let dir = base.join(sub);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP {what}: {} not found (set SRCODE_SHARED_DATA)",
+            dir.display()
+        );
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

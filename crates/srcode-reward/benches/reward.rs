@@ -7,21 +7,12 @@ use srcode_reward::config::RewardConfig;
 use srcode_reward::reference::RepairPattern;
 use srcode_reward::{RewardEngine, RewardInput};
 use srcode_scan::{pairs, Scanner};
-use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() {
-    let dir = std::env::var_os("SRCODE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("sven/train");
-    if !dir.is_dir() {
-        println!(
-            "SKIP reward bench: {} not found (set SRCODE_SHARED_DATA)",
-            dir.display()
-        );
+    let Some(dir) = srcode_core::shared_data("sven/train", "reward bench") else {
         return;
-    }
+    };
     let Some(model) = srcode_lm::tokenizer::default_test_gguf() else {
         println!("SKIP reward bench: no default model (run `srcode model fetch`)");
         return;

@@ -5,21 +5,12 @@
 use srcode_reward::config::RewardConfig;
 use srcode_reward::{sven, RewardEngine};
 use srcode_scan::{pairs, Scanner};
-use std::path::PathBuf;
 
 #[test]
 fn fixed_hunks_earn_more_than_vulnerable_hunks_in_8_of_9_cwes() {
-    let dir = std::env::var_os("SRCODE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("sven/train");
-    if !dir.is_dir() {
-        eprintln!(
-            "SKIP sven hunk rewards: {} not found (set SRCODE_SHARED_DATA)",
-            dir.display()
-        );
+    let Some(dir) = srcode_core::shared_data("sven/train", "sven hunk rewards") else {
         return;
-    }
+    };
     let Some(model) = srcode_lm::tokenizer::default_test_gguf() else {
         return; // default_test_gguf printed why
     };

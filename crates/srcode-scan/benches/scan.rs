@@ -3,7 +3,6 @@
 //! Reports the median, p90 and maximum time of one `Scanner::scan_code` call per language.
 
 use srcode_scan::{Language, Scanner};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn snippets(dir: &std::path::Path, lang: Language) -> Vec<String> {
@@ -44,17 +43,9 @@ fn snippets(dir: &std::path::Path, lang: Language) -> Vec<String> {
 }
 
 fn main() {
-    let data = std::env::var_os("SRCODE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("sven/train");
-    if !data.is_dir() {
-        println!(
-            "SKIP scan bench: {} not found (set SRCODE_SHARED_DATA)",
-            data.display()
-        );
+    let Some(data) = srcode_core::shared_data("sven/train", "scan bench") else {
         return;
-    }
+    };
     let t0 = Instant::now();
     let scanner = Scanner::builtin().expect("built-in rules");
     println!(

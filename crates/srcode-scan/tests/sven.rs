@@ -2,21 +2,12 @@
 //! must be flagged more often than fixed ones. Skips, saying so, when `../shared/data` is absent.
 
 use srcode_scan::{pairs, Scanner};
-use std::path::PathBuf;
 
 #[test]
 fn vulnerable_versions_are_flagged_more_often_than_fixed_ones() {
-    let dir = std::env::var_os("SRCODE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("sven/val");
-    if !dir.is_dir() {
-        eprintln!(
-            "SKIP sven pairs: {} not found (set SRCODE_SHARED_DATA)",
-            dir.display()
-        );
+    let Some(dir) = srcode_core::shared_data("sven/val", "sven pairs") else {
         return;
-    }
+    };
     let scanner = Scanner::builtin().unwrap();
     let ps = pairs::load_sven(&dir).unwrap();
     assert_eq!(ps.len(), 83, "the validation split has 83 pairs");
