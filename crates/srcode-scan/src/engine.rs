@@ -11,6 +11,7 @@ use srcode_core::{Finding, Language, LineIndex};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use streaming_iterator::StreamingIterator;
 use tree_sitter::{Node, Parser, Query, QueryCursor, Tree};
@@ -59,7 +60,8 @@ struct LangPack {
 /// The analyser: rules compiled once, reusable from many threads.
 pub struct Scanner {
     rules: Vec<Rule>,
-    packs: Vec<LangPack>,
+    /// Per language (index of `Language::ALL`), compiled on first use unless built eagerly.
+    packs: Vec<OnceLock<std::result::Result<LangPack, String>>>,
     limits: ScanLimits,
 }
 
@@ -97,6 +99,17 @@ impl Scanner {
     /// The built-in rules plus every `*.toml` rule file of `dirs`. A user rule with the id of a
     /// built-in one replaces it.
     pub fn with_rule_dirs(dirs: &[impl AsRef<Path>]) -> Result<Self> {
+        Self::new(Self::load_rules(dirs)?)
+    }
+
+    /// Like [`Scanner::with_rule_dirs`], but each language's queries are compiled when that
+    /// language is first scanned (a query error then surfaces on that scan). Compiling costs
+    /// 0.2 s for C++ alone, so a command that scans one language starts faster.
+    pub fn with_rule_dirs_lazy(dirs: &[impl AsRef<Path>]) -> Result<Self> {
+        Self::lazy(Self::load_rules(dirs)?)
+    }
+
+    fn load_rules(dirs: &[impl AsRef<Path>]) -> Result<Vec<Rule>> {
         let mut all = rules::builtin()?;
         for d in dirs {
             for r in rules::from_dir(d.as_ref())? {
@@ -106,11 +119,20 @@ impl Scanner {
                 }
             }
         }
-        Self::new(all)
+        Ok(all)
     }
 
-    /// A scanner over exactly these rules. Rule ids must be unique.
+    /// A scanner over exactly these rules, all queries compiled now. Rule ids must be unique.
     pub fn new(rules: Vec<Rule>) -> Result<Self> {
+        let s = Self::lazy(rules)?;
+        // Query compilation dominates start-up (tree-sitter analyses every pattern against the
+        // grammar); the languages compile in parallel.
+        s.prepare(&Language::ALL)?;
+        Ok(s)
+    }
+
+    /// A scanner whose queries compile per language on first use. Rule ids must be unique.
+    pub fn lazy(rules: Vec<Rule>) -> Result<Self> {
         for (i, r) in rules.iter().enumerate() {
             if rules[..i].iter().any(|o| o.info.id == r.info.id) {
                 return Err(ScanError::Rule {
@@ -120,17 +142,26 @@ impl Scanner {
                 });
             }
         }
-        // Query compilation dominates start-up (tree-sitter analyses every pattern against the
-        // grammar); the languages compile in parallel.
-        let packs = Language::ALL
-            .par_iter()
-            .map(|&lang| compile_pack(lang, &rules))
-            .collect::<Result<Vec<_>>>()?;
+        let packs = Language::ALL.iter().map(|_| OnceLock::new()).collect();
         Ok(Scanner {
             rules,
             packs,
             limits: ScanLimits::default(),
         })
+    }
+
+    /// Compiles the queries of these languages now, in parallel (a lazy scanner would otherwise
+    /// compile each on its first scan, holding up the threads that wait for it).
+    pub fn prepare(&self, langs: &[Language]) -> Result<()> {
+        langs.par_iter().try_for_each(|&l| self.pack(l).map(|_| ()))
+    }
+
+    /// The compiled rules of a language (compiling them on first use).
+    fn pack(&self, lang: Language) -> Result<&LangPack> {
+        self.packs[lang::index(lang)]
+            .get_or_init(|| compile_pack(lang, &self.rules).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| ScanError::Unsupported(format!("rules for {lang}: {e}")))
     }
 
     /// Replaces the input limits.
@@ -236,7 +267,7 @@ impl Scanner {
                 self.limits.max_bytes
             )));
         }
-        let pack = &self.packs[lang::index(lang)];
+        let pack = self.pack(lang)?;
         let tree = self.parse(code, lang)?;
         let root = tree.root_node();
         if let Some(q) = &pack.query {

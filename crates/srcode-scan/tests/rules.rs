@@ -56,3 +56,30 @@ fn the_rule_packs_cover_every_language_and_the_required_cwes() {
         assert!(cwes.contains(&want), "no rule for CWE-{want}");
     }
 }
+
+#[test]
+fn a_user_rule_with_a_bad_query_is_named_eagerly_or_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "[[rule]]\nid = \"java.mine\"\nseverity = \"low\"\nlanguages = [\"java\"]\nmessage = \"m\"\nquery = '(no_such_node) @finding'\nbad = ['class A {}']\ngood = ['class B {}']\n",
+    )
+    .unwrap();
+    let e = Scanner::with_rule_dirs(&[dir.path()])
+        .err()
+        .expect("eager compile fails")
+        .to_string();
+    assert!(e.contains("java.mine"), "{e}");
+    let lazy = Scanner::with_rule_dirs_lazy(&[dir.path()]).unwrap();
+    assert!(
+        lazy.scan_code(b"void f(void){ gets(b); }", Language::C, "")
+            .unwrap()
+            .len()
+            == 1
+    );
+    let e = lazy
+        .scan_code(b"class A {}", Language::Java, "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("java.mine"), "{e}");
+}

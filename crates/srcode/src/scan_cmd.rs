@@ -137,7 +137,14 @@ fn collect(
 }
 
 pub fn run(a: ScanArgs) -> Result<i32> {
-    let scanner = Scanner::with_rule_dirs(&a.rules).context("loading rules")?;
+    // Only the languages being scanned compile their queries; `--list-rules` compiles all,
+    // which also checks user rules.
+    let scanner = if a.list_rules {
+        Scanner::with_rule_dirs(&a.rules)
+    } else {
+        Scanner::with_rule_dirs_lazy(&a.rules)
+    }
+    .context("loading rules")?;
     if a.list_rules {
         list_rules(&scanner);
         return Ok(0);
@@ -172,6 +179,10 @@ pub fn run(a: ScanArgs) -> Result<i32> {
             answer: a.extract != Extract::Never,
         });
     }
+    let mut langs: Vec<Language> = inputs.iter().filter_map(|i| i.lang).collect();
+    langs.sort_by_key(|l| l.name());
+    langs.dedup();
+    scanner.prepare(&langs).context("compiling rules")?;
     let results: Vec<(Vec<Finding>, Option<String>, Vec<u8>)> = inputs
         .par_iter()
         .map(|inp| {
