@@ -33,6 +33,16 @@ pub struct ScanLimits {
     pub max_bytes: usize,
     /// Parsing that takes longer is abandoned with an error.
     pub parse_timeout: Duration,
+    /// Syntax trees nested deeper than this are refused with an error: tree-sitter's query
+    /// cursor does work proportional to the depth at every node, so 64k nested brackets would
+    /// take seconds. Real code stays far below (the deepest SVEN function nests < 100 levels).
+    pub max_depth: usize,
+    /// Trees with a longer run of anonymous sibling tokens (punctuation, keywords) are refused
+    /// with an error, for the same reason.
+    pub max_anonymous_run: usize,
+    /// Query matching that takes longer is abandoned with an error (a second guard, after the
+    /// depth limit).
+    pub match_timeout: Duration,
 }
 
 impl Default for ScanLimits {
@@ -40,6 +50,9 @@ impl Default for ScanLimits {
         ScanLimits {
             max_bytes: 8 << 20,
             parse_timeout: Duration::from_secs(5),
+            max_depth: 2048,
+            max_anonymous_run: 4096,
+            match_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -269,12 +282,24 @@ impl Scanner {
         }
         let pack = self.pack(lang)?;
         let tree = self.parse(code, lang)?;
+        let started = Instant::now();
         let root = tree.root_node();
+        if let Some(problem) = tree_shape_problem(root, &self.limits) {
+            return Err(ScanError::Unsupported(format!(
+                "{lang} syntax tree {problem}"
+            )));
+        }
         if let Some(q) = &pack.query {
             let mut cursor = QueryCursor::new();
             cursor.set_match_limit(1024);
-            let mut matches = cursor.matches(q, root, code);
+            let deadline = started + self.limits.match_timeout;
+            let mut past_deadline = |_: &tree_sitter::QueryCursorState| Instant::now() > deadline;
+            let opts = tree_sitter::QueryCursorOptions::new().progress_callback(&mut past_deadline);
+            let mut matches = cursor.matches_with_options(q, root, code, opts);
             while let Some(m) = matches.next() {
+                if Instant::now() > deadline {
+                    break;
+                }
                 let Some(&ri) = pack.pattern_rule.get(m.pattern_index) else {
                     continue;
                 };
@@ -322,6 +347,12 @@ impl Scanner {
                 }
                 out.push((start + s, start + e, ri));
             }
+        }
+        if Instant::now() > started + self.limits.match_timeout {
+            return Err(ScanError::Unsupported(format!(
+                "matching the {lang} rules took longer than {:?}",
+                self.limits.match_timeout
+            )));
         }
         for &ri in &pack.regex_rules {
             let rule = &self.rules[ri];
@@ -618,4 +649,45 @@ fn check_found(
         && check_regex(rules::fill(&c.template, &capture_text), |re| {
             re.is_some_and(|re| re.is_match(&code[s..e]))
         })
+}
+
+/// Why the tree under `root` would make query matching slow, if it would. tree-sitter's query
+/// cursor costs, at every node, work proportional to its depth and to the run of anonymous
+/// siblings after it (it looks for the next named sibling), so a deep tree or a long run of bare
+/// punctuation (what error recovery makes of 64k `(`) is quadratic. One O(n) walk.
+fn tree_shape_problem(root: Node, limits: &ScanLimits) -> Option<String> {
+    let mut cursor = root.walk();
+    let mut depth = 0usize;
+    // Length of the current run of anonymous siblings at the cursor's level.
+    let mut run = 0usize;
+    let mut runs: Vec<usize> = Vec::new();
+    loop {
+        let node = cursor.node();
+        run = if node.is_named() { 0 } else { run + 1 };
+        if run > limits.max_anonymous_run {
+            return Some(format!(
+                "has a run of more than {} bare tokens side by side",
+                limits.max_anonymous_run
+            ));
+        }
+        if cursor.goto_first_child() {
+            depth += 1;
+            if depth > limits.max_depth {
+                return Some(format!("nests deeper than {} levels", limits.max_depth));
+            }
+            runs.push(run);
+            run = 0;
+            continue;
+        }
+        loop {
+            if cursor.goto_next_sibling() {
+                break;
+            }
+            if !cursor.goto_parent() {
+                return None;
+            }
+            depth -= 1;
+            run = runs.pop().unwrap_or(0);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Messy input never panics: binary, non-UTF-8, huge, deeply nested, truncated.
 
 use srcode_scan::{Language, ScanLimits, Scanner};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn hostile_inputs_give_results_or_errors_never_panics() {
@@ -46,7 +46,7 @@ fn hostile_inputs_give_results_or_errors_never_panics() {
 fn limits_turn_into_errors_naming_the_problem() {
     let s = Scanner::builtin().unwrap().with_limits(ScanLimits {
         max_bytes: 100,
-        parse_timeout: Duration::from_secs(5),
+        ..ScanLimits::default()
     });
     let e = s
         .scan_code(&[b'x'; 101], Language::C, "big.c")
@@ -68,4 +68,68 @@ fn answers_are_scanned_only_in_their_code_fences_with_offsets_into_the_answer() 
     assert_eq!(g.line, 4);
     // The prose mention of gets outside the fence is not code.
     assert_eq!(f.iter().filter(|f| f.rule_id == "c.gets").count(), 1);
+}
+
+/// Found by fuzzing: 64k `(` took 5 s to match in every language (tree-sitter's query cursor
+/// looks for the next named sibling at every node, so a long run of bare tokens is quadratic;
+/// so is a deep tree). Such trees are refused quickly with an error that says why; real code of
+/// the same size is still scanned.
+#[test]
+fn pathological_tree_shapes_are_refused_quickly_and_real_code_is_not() {
+    let s = Scanner::builtin().unwrap();
+    s.prepare(&Language::ALL).unwrap();
+    let n = 65_536;
+    let shapes = [
+        "(".repeat(n),
+        "[".repeat(n),
+        "{".repeat(n),
+        ";".repeat(n),
+        ",".repeat(n),
+        format!("x = {}1{};", "f(".repeat(n / 2), ")".repeat(n / 2)),
+        format!("x = {}1{};", "[".repeat(n / 2), "]".repeat(n / 2)),
+    ];
+    for shape in &shapes {
+        for lang in Language::ALL {
+            let t = Instant::now();
+            let r = s.scan_code(shape.as_bytes(), lang, "x");
+            let took = t.elapsed();
+            // The match deadline (5 s) would also stop it; the shape check must come first.
+            assert!(
+                took < Duration::from_millis(2500),
+                "{lang} {:?}...: {took:?}",
+                &shape[..8]
+            );
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(
+                    e.contains("bare tokens") || e.contains("deeper") || e.contains("took longer"),
+                    "{lang}: {e}"
+                );
+            }
+        }
+    }
+    // A 30,000-element initializer is wide but named: scanned, and its finding is found.
+    let table = format!(
+        "int t[] = {{{}}};\nvoid f(char *s) {{ char b[8]; strcpy(b, s); }}\n",
+        (0..30_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let found = s.scan_code(table.as_bytes(), Language::C, "t.c").unwrap();
+    assert!(
+        found.iter().any(|f| f.rule_id.contains("strcpy")),
+        "{found:?}"
+    );
+    // The limits are settable.
+    let tight = Scanner::builtin().unwrap().with_limits(ScanLimits {
+        max_depth: 10,
+        ..ScanLimits::default()
+    });
+    let nested = format!("int x = {}1{};", "(".repeat(20), ")".repeat(20));
+    let e = tight
+        .scan_code(nested.as_bytes(), Language::C, "n.c")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("deeper than 10"), "{e}");
 }
