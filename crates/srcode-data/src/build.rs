@@ -10,7 +10,7 @@ use crate::error::{DataError, Result};
 use crate::ingest::VulnRecord;
 use crate::prompts::{prompts_for, shingles, PromptSet};
 use crate::teacher::{CachedTeacher, Teacher};
-use crate::vul2safe::{repair_record, RepairOutcome};
+use crate::vul2safe::{real_fix_fallback, repair_record, RepairOutcome, REAL_FIX};
 use serde::{Deserialize, Serialize};
 use srcode_core::{Cwe, Language, Span};
 use srcode_scan::Scanner;
@@ -34,8 +34,10 @@ pub struct PrimeVulPlus {
     /// Byte spans of `secure` that the repair changed.
     pub fix_spans: Vec<Span>,
     pub source: String,
+    /// The teacher that wrote `secure`, or `real-fix` when it is the project's own fix.
     pub teacher: String,
-    pub confidence: f32,
+    /// The reflection's confidence in `secure` (null for a real-fix pair: no reflection).
+    pub confidence: Option<f32>,
     pub pair_id: String,
     pub prompt_style: String,
 }
@@ -72,6 +74,15 @@ impl BuildPaths {
     }
 }
 
+/// Which stages a build runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stages {
+    /// Repair only (`srcode data repair`).
+    RepairOnly,
+    /// Repair (what is left of it), prompts, dataset and card.
+    All,
+}
+
 /// Progress as the build runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress<'a> {
@@ -87,7 +98,10 @@ pub struct BuildReport {
     pub records: usize,
     pub repaired_before: usize,
     pub repaired_now: usize,
+    /// Records whose teacher repair was accepted.
     pub accepted_pairs: usize,
+    /// Pairs whose secure version is the record's real fix (`fallback_to_real_fix`).
+    pub fallback_pairs: usize,
     pub samples: usize,
     pub teacher_calls: usize,
     pub cache_hits: usize,
@@ -121,9 +135,10 @@ pub fn read_checkpoint<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).map_err(|e| {
-            DataError::Input(format!("{}:{}: {e}", path.display(), i + 1))
-        })?);
+        out.push(
+            serde_json::from_str(&line)
+                .map_err(|e| DataError::Input(format!("{}:{}: {e}", path.display(), i + 1)))?,
+        );
     }
     Ok(out)
 }
@@ -192,7 +207,8 @@ fn parallel<T: Sync>(
     first_err.into_inner().ok().flatten()
 }
 
-/// Runs the whole build for `records` in `paths.dir`.
+/// Runs the build for `records` in `paths.dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     records: &[VulnRecord],
     teacher: &dyn Teacher,
@@ -200,6 +216,7 @@ pub fn build(
     cfg: &DataConfig,
     paths: &BuildPaths,
     workers: usize,
+    stages: Stages,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BuildReport> {
     cfg.validate()?;
@@ -266,6 +283,29 @@ pub fn build(
         report.accepted_pairs = outcomes.iter().filter(|o| o.accepted).count();
         return Ok(report);
     }
+    report.accepted_pairs = outcomes.iter().filter(|o| o.accepted).count();
+    if stages == Stages::RepairOnly {
+        report.teacher_calls = cached.calls();
+        report.cache_hits = cached.hits();
+        return Ok(report);
+    }
+
+    // The pairs that go on: accepted teacher repairs, and (when configured) the real fix of
+    // records whose teacher repair was rejected.
+    let by_id: HashMap<&str, &VulnRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut pairs: Vec<RepairOutcome> = Vec::with_capacity(outcomes.len());
+    for o in &outcomes {
+        if o.accepted {
+            pairs.push(o.clone());
+        } else if cfg.repair.fallback_to_real_fix {
+            if let Some(rec) = by_id.get(o.id.as_str()) {
+                if let Some(f) = real_fix_fallback(rec, o, scanner, &cfg.repair)? {
+                    pairs.push(f);
+                }
+            }
+        }
+    }
+    report.fallback_pairs = pairs.iter().filter(|o| o.teacher == REAL_FIX).count();
 
     // Prompts.
     let prompt_done: Vec<PromptSet> = read_checkpoint(&paths.prompts())?;
@@ -276,11 +316,11 @@ pub fn build(
             .collect(),
     );
     let have: HashSet<&str> = prompt_done.iter().map(|s| s.pair_id.as_str()).collect();
-    let todo: Vec<&RepairOutcome> = outcomes
+    let todo: Vec<&RepairOutcome> = pairs
         .iter()
-        .filter(|o| o.accepted && !have.contains(o.id.as_str()))
+        .filter(|o| !have.contains(o.id.as_str()))
         .collect();
-    let total = outcomes.iter().filter(|o| o.accepted).count();
+    let total = pairs.len();
     let finished = AtomicUsize::new(total - todo.len());
     let prompts_out = Appender::open(&paths.prompts())?;
     let new_sets: Mutex<Vec<PromptSet>> = Mutex::new(Vec::new());
@@ -305,7 +345,6 @@ pub fn build(
     sets.extend(new_sets.into_inner().unwrap_or_default());
     report.teacher_calls = cached.calls();
     report.cache_hits = cached.hits();
-    report.accepted_pairs = total;
     if let Some(e) = failure {
         report.failure = Some(e.to_string());
         return Ok(report);
@@ -314,7 +353,7 @@ pub fn build(
     // PrimeVul+ and its card.
     let by_pair: HashMap<&str, &PromptSet> = sets.iter().map(|s| (s.pair_id.as_str(), s)).collect();
     let mut samples = Vec::new();
-    for o in outcomes.iter().filter(|o| o.accepted) {
+    for o in &pairs {
         let (Some(set), Some(secure)) = (by_pair.get(o.id.as_str()), &o.repair) else {
             continue;
         };
@@ -329,14 +368,23 @@ pub fn build(
                 fix_spans: o.fix_spans.clone(),
                 source: o.source.clone(),
                 teacher: o.teacher.clone(),
-                confidence: o.verdict.as_ref().map_or(0.0, |v| v.confidence),
+                confidence: o.verdict.as_ref().map(|v| v.confidence),
                 pair_id: o.id.clone(),
                 prompt_style: c.style.clone(),
             });
         }
     }
     srcode_core::jsonl::write_atomic(&paths.dataset(), &samples)?;
-    let card = card(records, &outcomes, &sets, &samples, teacher.id(), cfg, &report);
+    let card = card(&CardInput {
+        records,
+        outcomes: &outcomes,
+        pairs: &pairs,
+        sets: &sets,
+        samples: &samples,
+        teacher: teacher.id(),
+        cfg,
+        report: &report,
+    });
     write_atomic_text(&paths.card(), &card)?;
     report.samples = samples.len();
     report.dataset = Some(paths.dataset());
@@ -354,17 +402,33 @@ fn cwe_name(c: Option<Cwe>) -> String {
     c.map_or_else(|| "unknown".to_string(), |c| c.to_string())
 }
 
+/// What the dataset card is written from.
+pub struct CardInput<'a> {
+    pub records: &'a [VulnRecord],
+    /// Every record's repair outcome.
+    pub outcomes: &'a [RepairOutcome],
+    /// The pairs that went on to prompts (accepted, and real-fix fallbacks).
+    pub pairs: &'a [RepairOutcome],
+    pub sets: &'a [PromptSet],
+    pub samples: &'a [PrimeVulPlus],
+    pub teacher: &'a str,
+    pub cfg: &'a DataConfig,
+    pub report: &'a BuildReport,
+}
+
 /// The dataset card: counts per CWE and language, the acceptance funnel with rejection reasons,
 /// and a histogram of prompt lengths.
-pub fn card(
-    records: &[VulnRecord],
-    outcomes: &[RepairOutcome],
-    sets: &[PromptSet],
-    samples: &[PrimeVulPlus],
-    teacher: &str,
-    cfg: &DataConfig,
-    report: &BuildReport,
-) -> String {
+pub fn card(input: &CardInput) -> String {
+    let CardInput {
+        records,
+        outcomes,
+        pairs,
+        sets,
+        samples,
+        teacher,
+        cfg,
+        report,
+    } = *input;
     let mut s = String::from("# PrimeVul+ dataset card\n\n");
     s.push_str(&format!(
         "Built by srcode Vul2Safe with teacher `{teacher}`: {} records in, {} repair pairs \
@@ -376,14 +440,43 @@ pub fn card(
         report.teacher_calls,
         report.cache_hits
     ));
+    let from_real = pairs.iter().filter(|o| o.teacher == REAL_FIX).count();
+    if from_real > 0 {
+        let n = samples.iter().filter(|x| x.teacher == REAL_FIX).count();
+        s.push_str(&format!(
+            "**{from_real} of the {} pairs are not teacher repairs**: the teacher's repair was \
+             rejected, and the record's real fix, which passed the same independent checks \
+             (parse, analyser, name, change size), is the secure version \
+             (`fallback_to_real_fix`). Their {n} samples have `teacher = \"real-fix\"` and no \
+             confidence.\n\n",
+            pairs.len()
+        ));
+    }
     // Funnel.
     s.push_str("## Acceptance funnel\n\n| stage | records |\n|---|---:|\n");
     s.push_str(&format!("| ingested | {} |\n", records.len()));
-    s.push_str(&format!("| repaired (teacher answered) | {} |\n", outcomes.len()));
+    s.push_str(&format!(
+        "| repaired (teacher answered) | {} |\n",
+        outcomes.len()
+    ));
     let accepted = outcomes.iter().filter(|o| o.accepted).count();
-    s.push_str(&format!("| accepted pairs | {accepted} |\n"));
-    let with_prompt = sets.iter().filter(|p| p.kept().next().is_some()).count();
-    s.push_str(&format!("| pairs with ≥ 1 kept prompt | {with_prompt} |\n\n"));
+    s.push_str(&format!(
+        "| accepted pairs (teacher repair) | {accepted} |\n"
+    ));
+    let fallback = pairs.iter().filter(|o| o.teacher == REAL_FIX).count();
+    if cfg.repair.fallback_to_real_fix {
+        s.push_str(&format!(
+            "| + pairs from the real fix (teacher repair rejected, real fix passes the checks) | {fallback} |\n"
+        ));
+    }
+    let ids: HashSet<&str> = pairs.iter().map(|o| o.id.as_str()).collect();
+    let with_prompt = sets
+        .iter()
+        .filter(|p| ids.contains(p.pair_id.as_str()) && p.kept().next().is_some())
+        .count();
+    s.push_str(&format!(
+        "| pairs with ≥ 1 kept prompt | {with_prompt} |\n\n"
+    ));
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for o in outcomes {
         if let Some(r) = &o.rejection {
@@ -438,13 +531,13 @@ pub fn card(
     for r in records {
         table.entry((cwe_name(r.cwe), r.language)).or_default().0 += 1;
     }
-    for o in outcomes.iter().filter(|o| o.accepted) {
+    for o in pairs {
         table.entry((cwe_name(o.cwe), o.language)).or_default().1 += 1;
     }
     for x in samples {
         table.entry((cwe_name(x.cwe), x.language)).or_default().2 += 1;
     }
-    s.push_str("## Per CWE and language\n\n| CWE | language | records | accepted pairs | samples |\n|---|---|---:|---:|---:|\n");
+    s.push_str("## Per CWE and language\n\n| CWE | language | records | pairs | samples |\n|---|---|---:|---:|---:|\n");
     for ((c, l), (n, a, k)) in &table {
         s.push_str(&format!("| {c} | {l} | {n} | {a} | {k} |\n"));
     }

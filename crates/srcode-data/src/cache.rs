@@ -27,8 +27,10 @@ impl ResponseCache {
         }
         let conn = Connection::open(path).map_err(err)?;
         // WAL: readers never block the writer, and a killed process leaves a consistent file.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(err)?;
         conn.execute_batch(

@@ -28,13 +28,18 @@ pub struct RepairConfig {
     /// Functions longer than this (bytes) are not sent to the teacher.
     pub max_function_bytes: usize,
     pub analysis_max_tokens: usize,
-    /// New tokens for a repair: the vulnerable function's byte length / 3 plus this, at most
-    /// `repair_max_tokens`.
+    /// New tokens for a repair: the vulnerable function's byte length / 3 plus this, rounded
+    /// up to a multiple of 128, at most `repair_max_tokens`.
     pub repair_extra_tokens: usize,
     pub repair_max_tokens: usize,
     pub reflect_max_tokens: usize,
     pub temperature: f32,
     pub seed: u64,
+    /// When the teacher's repair of a record is rejected and the record has the project's own
+    /// fix, use that fix as the secure version if it passes the same independent checks (the
+    /// card counts these pairs apart). Off by default: PrimeVul+ proper holds teacher-verified
+    /// pairs only.
+    pub fallback_to_real_fix: bool,
 }
 
 impl Default for RepairConfig {
@@ -51,6 +56,7 @@ impl Default for RepairConfig {
             reflect_max_tokens: 200,
             temperature: 0.0,
             seed: 0,
+            fallback_to_real_fix: false,
         }
     }
 }
@@ -105,7 +111,10 @@ impl DataConfig {
         let r = &self.repair;
         let bad = |m: String| Err(DataError::Config(m));
         if !(0.0..=1.0).contains(&r.min_confidence) {
-            return bad(format!("repair.min_confidence must be in [0, 1], got {}", r.min_confidence));
+            return bad(format!(
+                "repair.min_confidence must be in [0, 1], got {}",
+                r.min_confidence
+            ));
         }
         if !(r.max_change_ratio > 0.0 && r.max_change_ratio <= 1.0) {
             return bad(format!(
@@ -117,7 +126,10 @@ impl DataConfig {
             return bad("repair token budgets must be ≥ 1".into());
         }
         if !r.temperature.is_finite() || r.temperature < 0.0 {
-            return bad(format!("repair.temperature must be ≥ 0, got {}", r.temperature));
+            return bad(format!(
+                "repair.temperature must be ≥ 0, got {}",
+                r.temperature
+            ));
         }
         let p = &self.prompts;
         if p.styles.is_empty() && p.per_pair > 0 {
@@ -135,7 +147,10 @@ impl DataConfig {
             ));
         }
         if !p.temperature.is_finite() || p.temperature < 0.0 {
-            return bad(format!("prompts.temperature must be ≥ 0, got {}", p.temperature));
+            return bad(format!(
+                "prompts.temperature must be ≥ 0, got {}",
+                p.temperature
+            ));
         }
         Ok(())
     }

@@ -114,10 +114,7 @@ pub fn ingest(path: &Path, format: Format) -> Result<Ingested> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| DataError::io(path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "jsonl" || e == "json")
-            })
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl" || e == "json"))
             .collect();
         v.sort();
         if v.is_empty() {
@@ -306,10 +303,13 @@ fn cwe_of(v: Option<&Value>) -> std::result::Result<Option<Cwe>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .parse::<Cwe>()
-            .map(Some)
-            .or_else(|e| if s.contains("NVD-CWE") { Ok(None) } else { Err(e.to_string()) }),
+        Some(Value::String(s)) => s.parse::<Cwe>().map(Some).or_else(|e| {
+            if s.contains("NVD-CWE") {
+                Ok(None)
+            } else {
+                Err(e.to_string())
+            }
+        }),
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -319,7 +319,10 @@ fn cwe_of(v: Option<&Value>) -> std::result::Result<Option<Cwe>, String> {
             .iter()
             .filter_map(|x| x.as_str().and_then(|s| s.parse::<Cwe>().ok()))
             .next()),
-        Some(other) => Err(format!("`cwe` must be a string or a list, found {}", kind(other))),
+        Some(other) => Err(format!(
+            "`cwe` must be a string or a list, found {}",
+            kind(other)
+        )),
     }
 }
 
@@ -347,7 +350,9 @@ fn language_of(
             .unwrap_or("");
         return Ok(Language::from_extension(ext));
     }
-    Err(format!("missing `language` (or a `{file_key}` with a known extension)"))
+    Err(format!(
+        "missing `language` (or a `{file_key}` with a known extension)"
+    ))
 }
 
 enum PrimeVulLine {

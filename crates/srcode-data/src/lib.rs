@@ -19,4 +19,6 @@ pub use build::{build, BuildPaths, BuildReport, PrimeVulPlus, Progress};
 pub use config::DataConfig;
 pub use error::{DataError, Result};
 pub use ingest::{ingest, Format, Ingested, VulnRecord};
-pub use teacher::{CachedTeacher, ChatRequest, HttpTeacher, HttpTeacherConfig, LocalTeacher, Teacher};
+pub use teacher::{
+    CachedTeacher, ChatRequest, HttpTeacher, HttpTeacherConfig, LocalTeacher, Teacher,
+};

@@ -17,10 +17,33 @@ use std::collections::{BTreeSet, HashSet};
 
 /// Words no implicit prompt may contain (case-insensitive substrings).
 pub const LEAK_WORDS: &[&str] = &[
-    "secur", "vulnerab", "safe", "sanitiz", "sanitis", "escap", "inject", "overflow", "exploit",
-    "attack", "malicious", "untrusted", "cwe", "cve", "bounds check", "out-of-bounds",
-    "out of bounds", "use-after-free", "use after free", "double free", "xss", "csrf",
-    "traversal", "tainted", "harden", "defensive", "threat",
+    "secur",
+    "vulnerab",
+    "safe",
+    "sanitiz",
+    "sanitis",
+    "escap",
+    "inject",
+    "overflow",
+    "exploit",
+    "attack",
+    "malicious",
+    "untrusted",
+    "cwe",
+    "cve",
+    "bounds check",
+    "out-of-bounds",
+    "out of bounds",
+    "use-after-free",
+    "use after free",
+    "double free",
+    "xss",
+    "csrf",
+    "traversal",
+    "tainted",
+    "harden",
+    "defensive",
+    "threat",
 ];
 
 /// A prompt the teacher wrote, kept or rejected.
@@ -48,12 +71,18 @@ impl PromptSet {
 
 fn style_request(style: &str, lang: Language, code: &str, description: Option<&str>) -> String {
     let what = match style {
-        "ticket" => "Write a short ticket (two to four sentences) that a developer would file \
-                     to ask a teammate for this function.",
-        "docstring" => "Write a docstring-style specification of this function: a one-line \
-                        summary, then its parameters and its return value.",
-        "story" => "Write a user story (\"As a ..., I want ..., so that ...\") asking for this \
-                    function, followed by one sentence of acceptance criteria.",
+        "ticket" => {
+            "Write a short ticket (two to four sentences) that a developer would file \
+                     to ask a teammate for this function."
+        }
+        "docstring" => {
+            "Write a docstring-style specification of this function: a one-line \
+                        summary, then its parameters and its return value."
+        }
+        "story" => {
+            "Write a user story (\"As a ..., I want ..., so that ...\") asking for this \
+                    function, followed by one sentence of acceptance criteria."
+        }
         _ => "Write a one-sentence comment that summarises what this function does for its caller.",
     };
     let hint = description
@@ -198,7 +227,11 @@ pub fn leak(text: &str, cfg: &PromptConfig, fix: &HashSet<String>) -> Option<Str
         return Some(format!("mentions `{w}`, which the fix added"));
     }
     if words.len() < cfg.min_words {
-        return Some(format!("{} words (at least {})", words.len(), cfg.min_words));
+        return Some(format!(
+            "{} words (at least {})",
+            words.len(),
+            cfg.min_words
+        ));
     }
     None
 }
@@ -258,12 +291,17 @@ fn context(o: &RepairOutcome, code: &str) -> String {
         } else {
             format!("{sig};")
         };
-        s.push_str(&format!("\n\nImplement it with this signature:\n```{fence}\n{sig}\n```"));
+        s.push_str(&format!(
+            "\n\nImplement it with this signature:\n```{fence}\n{sig}\n```"
+        ));
     }
     if matches!(lang, Language::C | Language::Cpp) {
         let (calls, types) = c_context(code, lang, o.func_name.as_deref());
         if !types.is_empty() {
-            s.push_str(&format!("\nThese types are defined elsewhere: {}.", types.join(", ")));
+            s.push_str(&format!(
+                "\nThese types are defined elsewhere: {}.",
+                types.join(", ")
+            ));
         }
         if !calls.is_empty() {
             let list: Vec<String> = calls.iter().map(|c| format!("`{c}()`")).collect();
@@ -353,7 +391,9 @@ pub fn prompts_for(
                 .map(|s| jaccard(s, &sh))
                 .find(|j| *j > cfg.max_similarity)
             {
-                rejected = Some(format!("near-duplicate of a kept prompt (Jaccard {sim:.2})"));
+                rejected = Some(format!(
+                    "near-duplicate of a kept prompt (Jaccard {sim:.2})"
+                ));
             } else {
                 seen.push(sh);
             }
@@ -374,11 +414,19 @@ mod tests {
     #[test]
     fn signatures() {
         assert_eq!(
-            signature("/* copy */\nstatic int\ncopy_name(char *dst, const char *src)\n{\n return 0; }", Language::C).as_deref(),
+            signature(
+                "/* copy */\nstatic int\ncopy_name(char *dst, const char *src)\n{\n return 0; }",
+                Language::C
+            )
+            .as_deref(),
             Some("static int\ncopy_name(char *dst, const char *src)")
         );
         assert_eq!(
-            signature("def load(path: str, opts: dict = {}) -> bytes:\n    return b''", Language::Python).as_deref(),
+            signature(
+                "def load(path: str, opts: dict = {}) -> bytes:\n    return b''",
+                Language::Python
+            )
+            .as_deref(),
             Some("def load(path: str, opts: dict = {}) -> bytes:")
         );
     }
@@ -387,12 +435,26 @@ mod tests {
     fn the_leak_filter_catches_security_words_cwes_code_and_the_fix() {
         let cfg = PromptConfig::default();
         let fix: HashSet<String> = ["strlcpy".to_string()].into();
-        assert!(leak("Copy the name safely into the buffer of the caller.", &cfg, &fix).is_some());
+        assert!(leak(
+            "Copy the name safely into the buffer of the caller.",
+            &cfg,
+            &fix
+        )
+        .is_some());
         assert!(leak("Fix CWE-787 in the function that copies names.", &cfg, &fix).is_some());
-        assert!(leak("Copy the name with strlcpy into the buffer given by the caller.", &cfg, &fix).is_some());
+        assert!(leak(
+            "Copy the name with strlcpy into the buffer given by the caller.",
+            &cfg,
+            &fix
+        )
+        .is_some());
         assert!(leak("Copy it.", &cfg, &fix).is_some());
         assert_eq!(
-            leak("Copy the user's display name into the caller's buffer and return its length.", &cfg, &fix),
+            leak(
+                "Copy the user's display name into the caller's buffer and return its length.",
+                &cfg,
+                &fix
+            ),
             None
         );
     }

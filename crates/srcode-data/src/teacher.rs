@@ -92,7 +92,26 @@ pub struct HttpTeacher {
 enum Attempt {
     Done(String),
     Transient(String, Option<Duration>),
+    /// The endpoint cannot take this request (too long for its context): a problem of the
+    /// record, not of the teacher.
+    Refused(String),
     Fatal(String),
+}
+
+/// Whether an HTTP 4xx body says the prompt plus `max_tokens` does not fit the model's
+/// context (vLLM, llama.cpp, OpenAI and SGLang word it differently).
+fn exceeds_context(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+        "exceed",
+        "too long",
+    ]
+    .iter()
+    .any(|k| b.contains(k))
 }
 
 impl HttpTeacher {
@@ -116,7 +135,11 @@ impl HttpTeacher {
         let key = std::env::var(&cfg.api_key_env)
             .ok()
             .filter(|k| !k.is_empty());
-        let id = format!("openai:{}@{}", cfg.model, cfg.base_url.trim_end_matches('/'));
+        let id = format!(
+            "openai:{}@{}",
+            cfg.model,
+            cfg.base_url.trim_end_matches('/')
+        );
         Ok(HttpTeacher {
             cfg,
             id,
@@ -126,7 +149,10 @@ impl HttpTeacher {
     }
 
     fn attempt(&self, body: &Value) -> Attempt {
-        let url = format!("{}/chat/completions", self.cfg.base_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/chat/completions",
+            self.cfg.base_url.trim_end_matches('/')
+        );
         let mut rq = self.agent.post(&url);
         if let Some(k) = &self.key {
             rq = rq.header("Authorization", &format!("Bearer {k}"));
@@ -150,12 +176,17 @@ impl HttpTeacher {
         if status == 429 || (500..600).contains(&status) {
             return Attempt::Transient(format!("HTTP {status}: {}", excerpt(&text)), retry_after);
         }
+        if (400..500).contains(&status) && exceeds_context(&text) {
+            return Attempt::Refused(format!("HTTP {status}: {}", excerpt(&text)));
+        }
         if !(200..300).contains(&status) {
             return Attempt::Fatal(format!("HTTP {status}: {}", excerpt(&text)));
         }
         let v: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
-            Err(e) => return Attempt::Fatal(format!("response is not JSON ({e}): {}", excerpt(&text))),
+            Err(e) => {
+                return Attempt::Fatal(format!("response is not JSON ({e}): {}", excerpt(&text)))
+            }
         };
         match v
             .pointer("/choices/0/message/content")
@@ -200,6 +231,7 @@ impl Teacher for HttpTeacher {
         for attempt in 0..=self.cfg.max_retries {
             match self.attempt(&body) {
                 Attempt::Done(s) => return Ok(s),
+                Attempt::Refused(m) => return Err(DataError::Input(m)),
                 Attempt::Fatal(m) => {
                     return Err(DataError::Teacher {
                         teacher: self.id.clone(),
@@ -246,9 +278,10 @@ impl LocalTeacher {
     /// Loads the model at `path` (GGUF file or Hugging Face directory) on its own thread.
     pub fn load(path: &Path, max_batch: usize) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let id = format!("local:{name}:{}", meta.len());
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -311,40 +344,29 @@ fn same_settings(a: &ChatRequest, b: &ChatRequest) -> bool {
         && a.seed == b.seed
 }
 
-fn serve_local(lm: &srcode_lm::loader::LoadedModel, rx: &mpsc::Receiver<Job>, max_batch: usize) {
-    let ctx = lm.model.config().max_position_embeddings;
-    let mut pending: Vec<Job> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            match rx.recv() {
-                Ok(j) => pending.push(j),
-                Err(_) => return,
-            }
-        }
-        // Let the other workers' requests arrive, then take what is there.
-        while let Ok(j) = rx.recv_timeout(Duration::from_millis(20)) {
-            pending.push(j);
-            if pending.len() >= 4 * max_batch {
-                break;
-            }
-        }
-        let first = pending.remove(0);
-        let mut batch = vec![first];
-        let mut i = 0;
-        while i < pending.len() && batch.len() < max_batch {
-            if same_settings(&pending[i].req, &batch[0].req) {
-                batch.push(pending.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        run_batch(lm, ctx, batch);
-    }
+/// Prompt tokens (padded: rows × longest) one decode batch may hold. Rows are left-padded to
+/// the longest prompt, and attention over the prompt costs its length squared, so one long
+/// prompt in a batch of short ones makes every row pay for it.
+const BATCH_PROMPT_TOKENS: usize = 8192;
+
+/// Whether prompts of `a` and `b` tokens are close enough in length to share a batch (the
+/// shorter padded to the longer wastes at most a third).
+fn similar_length(a: usize, b: usize) -> bool {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    hi <= lo + lo / 2 + 64
 }
 
-fn run_batch(lm: &srcode_lm::loader::LoadedModel, ctx: usize, batch: Vec<Job>) {
-    let mut ok: Vec<(Job, Vec<u32>)> = Vec::new();
-    for job in batch {
+/// A request rendered and tokenised, waiting for a batch.
+struct Ready {
+    job: Job,
+    ids: Vec<u32>,
+}
+
+fn serve_local(lm: &srcode_lm::loader::LoadedModel, rx: &mpsc::Receiver<Job>, max_batch: usize) {
+    let ctx = lm.model.config().max_position_embeddings;
+    let mut pending: Vec<Ready> = Vec::new();
+    // Renders and tokenises a request; answers it at once when it cannot be run.
+    let admit = |job: Job, pending: &mut Vec<Ready>| {
         let ids = lm
             .chat
             .render(&job.req.messages, true)
@@ -358,33 +380,73 @@ fn run_batch(lm: &srcode_lm::loader::LoadedModel, ctx: usize, batch: Vec<Job>) {
                     job.req.max_tokens
                 ))));
             }
-            Ok(ids) => ok.push((job, ids)),
+            Ok(ids) => pending.push(Ready { job, ids }),
             Err(e) => {
                 let _ = job.reply.send(Err(e));
             }
         }
+    };
+    loop {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(j) => admit(j, &mut pending),
+                Err(_) => return,
+            }
+            if pending.is_empty() {
+                continue;
+            }
+        }
+        // Let the other workers' requests arrive, then take what is there.
+        while let Ok(j) = rx.recv_timeout(Duration::from_millis(20)) {
+            admit(j, &mut pending);
+            if pending.len() >= 4 * max_batch {
+                break;
+            }
+        }
+        // The oldest request, and the others that share its settings and its length.
+        let first = pending.remove(0);
+        let mut longest = first.ids.len();
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < pending.len() && batch.len() < max_batch {
+            let (req, len) = (&pending[i].job.req, pending[i].ids.len());
+            let fits = (batch.len() + 1) * longest.max(len) <= BATCH_PROMPT_TOKENS;
+            if same_settings(req, &batch[0].job.req)
+                && similar_length(len, batch[0].ids.len())
+                && fits
+            {
+                longest = longest.max(len);
+                batch.push(pending.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        run_batch(lm, batch);
     }
-    let Some((first, _)) = ok.first() else { return };
+}
+
+fn run_batch(lm: &srcode_lm::loader::LoadedModel, batch: Vec<Ready>) {
+    let Some(first) = batch.first() else { return };
     let params = SamplingParams {
-        max_new_tokens: first.req.max_tokens,
-        temperature: first.req.temperature,
+        max_new_tokens: first.job.req.max_tokens,
+        temperature: first.job.req.temperature,
         top_k: None,
-        top_p: first.req.top_p,
-        seed: first.req.seed,
+        top_p: first.job.req.top_p,
+        seed: first.job.req.seed,
         stop: Vec::new(),
         stop_token_ids: lm.tokenizer.eos_token_ids(),
     };
-    let prompts: Vec<Vec<u32>> = ok.iter().map(|(_, ids)| ids.clone()).collect();
+    let prompts: Vec<Vec<u32>> = batch.iter().map(|r| r.ids.clone()).collect();
     match generate(&lm.model, &lm.tokenizer, &prompts, &params) {
         Ok((gens, _)) => {
-            for ((job, _), g) in ok.into_iter().zip(gens) {
-                let _ = job.reply.send(Ok(g.text));
+            for (r, g) in batch.into_iter().zip(gens) {
+                let _ = r.job.reply.send(Ok(g.text));
             }
         }
         Err(e) => {
             let msg = e.to_string();
-            for (job, _) in ok {
-                let _ = job.reply.send(Err(DataError::Teacher {
+            for r in batch {
+                let _ = r.job.reply.send(Err(DataError::Teacher {
                     teacher: "local".into(),
                     message: msg.clone(),
                 }));

@@ -218,9 +218,11 @@ pub fn parse_verdict(text: &str) -> Option<Verdict> {
                 _ => None,
             }
             .map(|c| if c > 1.0 && c <= 100.0 { c / 100.0 } else { c });
-            if let (Some(fixed), Some(preserves), Some(confidence)) =
-                (flag("fixed"), flag("preserves_behaviour").or_else(|| flag("preserves_behavior")), confidence)
-            {
+            if let (Some(fixed), Some(preserves), Some(confidence)) = (
+                flag("fixed"),
+                flag("preserves_behaviour").or_else(|| flag("preserves_behavior")),
+                confidence,
+            ) {
                 if (0.0..=1.0).contains(&confidence) {
                     let issues = match o.get("issues") {
                         Some(Value::Array(a)) => a
@@ -268,7 +270,10 @@ pub fn change(before: &str, after: &str, lang: Language) -> (f32, Vec<Span>) {
                 new_index, new_len, ..
             } => {
                 changed += new_len;
-                spans.push(Span::new(b[new_index].start, b[new_index + new_len - 1].end));
+                spans.push(Span::new(
+                    b[new_index].start,
+                    b[new_index + new_len - 1].end,
+                ));
             }
             DiffOp::Replace {
                 old_len,
@@ -277,7 +282,10 @@ pub fn change(before: &str, after: &str, lang: Language) -> (f32, Vec<Span>) {
                 ..
             } => {
                 changed += old_len + new_len;
-                spans.push(Span::new(b[new_index].start, b[new_index + new_len - 1].end));
+                spans.push(Span::new(
+                    b[new_index].start,
+                    b[new_index + new_len - 1].end,
+                ));
             }
         }
     }
@@ -338,20 +346,30 @@ fn check(
             code.get(f.byte_start..f.byte_end).unwrap_or("").to_string()
         };
         for f in &report.findings {
-            let same = vuln_findings
-                .iter()
-                .any(|v| v.rule_id == f.rule_id && snippet(&rec.vulnerable, v) == snippet(repair, f));
+            let same = vuln_findings.iter().any(|v| {
+                v.rule_id == f.rule_id && snippet(&rec.vulnerable, v) == snippet(repair, f)
+            });
             if same {
                 problems.push(reject(
                     "analyser_still_flags",
-                    format!("{} still flags `{}`: {}", f.rule_id, snippet(repair, f), f.message),
+                    format!(
+                        "{} still flags `{}`: {}",
+                        f.rule_id,
+                        snippet(repair, f),
+                        f.message
+                    ),
                 ));
             } else if f.severity >= Severity::High
                 && !vuln_findings.iter().any(|v| v.rule_id == f.rule_id)
             {
                 problems.push(reject(
                     "repair_introduces_finding",
-                    format!("{} flags `{}`: {}", f.rule_id, snippet(repair, f), f.message),
+                    format!(
+                        "{} flags `{}`: {}",
+                        f.rule_id,
+                        snippet(repair, f),
+                        f.message
+                    ),
                 ));
             }
         }
@@ -508,8 +526,12 @@ pub fn repair_record(
     };
     conv.push(ChatMessage::assistant(out.analysis.clone()));
     conv.push(ChatMessage::user(repair_request(lang)));
-    let repair_tokens =
-        (rec.vulnerable.len() / 3 + cfg.repair_extra_tokens).min(cfg.repair_max_tokens);
+    // Rounded up to a multiple of 128 so that repairs of functions of similar length share a
+    // decode batch in the local teacher (it batches equal budgets only).
+    let repair_tokens = (rec.vulnerable.len() / 3 + cfg.repair_extra_tokens)
+        .div_ceil(128)
+        .saturating_mul(128)
+        .min(cfg.repair_max_tokens);
     let mut last_problems = Vec::new();
     for round in 0..=cfg.max_rounds {
         let answer = match ask(req(conv.clone(), repair_tokens))? {
@@ -571,6 +593,45 @@ pub fn repair_record(
     Ok(out)
 }
 
+/// The fallback pair of a record whose teacher repair was rejected: the project's own fix as the
+/// secure version, when it passes the same independent checks a teacher repair must pass
+/// (parses, the analyser does not flag it where it flagged the vulnerable code, it keeps the
+/// function's name, the change is within `max_change_ratio`). There is no reflection, so no
+/// confidence. `None` when the record has no real fix or the real fix fails a check.
+pub fn real_fix_fallback(
+    rec: &VulnRecord,
+    rejected: &RepairOutcome,
+    scanner: &Scanner,
+    cfg: &RepairConfig,
+) -> Result<Option<RepairOutcome>> {
+    let Some(real) = rec.fixed.as_deref() else {
+        return Ok(None);
+    };
+    if rejected.accepted || rec.vulnerable.len() > cfg.max_function_bytes {
+        return Ok(None);
+    }
+    let vuln_findings = scanner
+        .scan_code(rec.vulnerable.as_bytes(), rec.language, "vulnerable")
+        .unwrap_or_default();
+    let checked = check(rec, real, None, cfg, scanner, &vuln_findings)?;
+    if !checked.problems.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RepairOutcome {
+        accepted: true,
+        repair: Some(real.to_string()),
+        verdict: None,
+        fix_spans: checked.fix_spans,
+        change_ratio: Some(checked.change_ratio),
+        reference_agreement: Some(true),
+        teacher: REAL_FIX.to_string(),
+        ..rejected.clone()
+    }))
+}
+
+/// The `teacher` of a pair whose secure version is the project's own fix.
+pub const REAL_FIX: &str = "real-fix";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +688,9 @@ mod tests {
             extract_code(ans, Language::C, Some("f")),
             "void f(char *s) { puts(s); }"
         );
-        assert_eq!(extract_code("def f(): pass", Language::Python, None), "def f(): pass");
+        assert_eq!(
+            extract_code("def f(): pass", Language::Python, None),
+            "def f(): pass"
+        );
     }
 }

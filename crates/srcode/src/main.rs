@@ -2,6 +2,7 @@
 //! arguments, sets up logging, and calls library functions that tests call too.
 
 mod bench;
+mod data_cmd;
 mod generate;
 mod home;
 mod model_cmd;
@@ -50,6 +51,10 @@ enum Command {
     /// Token-level rewards for a file of rollouts (analyser findings, repair-pair patterns,
     /// instance checks), with an optional per-token HTML heat map.
     Reward(reward_cmd::RewardArgs),
+    /// Vul2Safe: build the PrimeVul+ dataset from real vulnerability fixes with a
+    /// self-reflecting teacher (ingest, repair, implicit prompts; resumable).
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
 }
 
 fn main() {
@@ -71,6 +76,7 @@ fn main() {
         Command::Bench(c) => bench::run(c).map(|()| 0),
         Command::Scan(a) => scan_cmd::run(a),
         Command::Reward(a) => reward_cmd::run(a).map(|()| 0),
+        Command::Data(c) => data_cmd::run(c),
     };
     match result {
         Ok(code) => std::process::exit(code),
