@@ -8,6 +8,7 @@ mod home;
 mod model_cmd;
 mod reward_cmd;
 mod scan_cmd;
+mod train_cmd;
 
 use anyhow::Result;
 
@@ -22,8 +23,9 @@ use clap::{Parser, Subcommand};
 ///
 /// srcode builds secure-repair datasets from real vulnerability fixes, trains a policy with SFT
 /// and token-level-reward RL, and evaluates both security and functionality. This build has the
-/// model runtime (fetching the default model, inspecting models, generating, benchmarks) and the
-/// vulnerability analyser (`scan`).
+/// model runtime (fetching the default model, inspecting models, generating, benchmarks), the
+/// vulnerability analyser (`scan`), token-level rewards (`reward`), the Vul2Safe dataset
+/// builder (`data`) and supervised fine-tuning (`train sft`).
 #[derive(Parser)]
 #[command(name = "srcode", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -55,6 +57,9 @@ enum Command {
     /// self-reflecting teacher (ingest, repair, implicit prompts; resumable).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// SRCode training: supervised fine-tuning on PrimeVul+ (resumable).
+    #[command(subcommand)]
+    Train(train_cmd::TrainCommand),
 }
 
 fn main() {
@@ -66,7 +71,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let workload = match &cli.command {
-        Command::Bench(bench::BenchCommand::Train(_)) => srcode_lm::CpuWorkload::Training,
+        Command::Bench(bench::BenchCommand::Train(_)) | Command::Train(_) => {
+            srcode_lm::CpuWorkload::Training
+        }
         _ => srcode_lm::CpuWorkload::Inference,
     };
     srcode_lm::init_cpu_runtime(workload);
@@ -77,6 +84,7 @@ fn main() {
         Command::Scan(a) => scan_cmd::run(a),
         Command::Reward(a) => reward_cmd::run(a).map(|()| 0),
         Command::Data(c) => data_cmd::run(c),
+        Command::Train(c) => train_cmd::run(c).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

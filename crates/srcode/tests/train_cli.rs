@@ -1,0 +1,127 @@
+//! `srcode train sft` as a user runs it on the default model: a LoRA run paused after one step
+//! resumes from its checkpoint and writes a PEFT adapter; bad input is an error naming it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn srcode() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_srcode"))
+}
+
+/// PrimeVul+ samples made from the demo corpus's real fixes.
+fn samples(path: &Path, n: usize) {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data/pairs.jsonl");
+    let text = std::fs::read_to_string(demo).unwrap();
+    let mut out = String::new();
+    for line in text.lines().take(n) {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let s = serde_json::json!({
+            "id": format!("{}#0", r["id"].as_str().unwrap()),
+            "prompt": r["description"], "language": r["language"], "cwe": r["cwe"],
+            "secure": r["fixed"], "vulnerable": r["vulnerable"], "fix_spans": [],
+            "source": "demo", "teacher": "real-fix", "confidence": null,
+            "pair_id": r["id"], "prompt_style": "ticket",
+        });
+        out.push_str(&s.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_paused_lora_run_resumes_and_writes_an_adapter() {
+    let Some(gguf) = srcode_lm::tokenizer::default_test_gguf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pv.jsonl");
+    samples(&data, 6);
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "[sft]\nbatch_size = 2\nmax_seq_len = 384\nwarmup_steps = 0\nlr = 1e-3\n\
+         eval_fraction = 0.2\nsave_every = 10\n[sft.lora]\nrank = 4\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        srcode()
+            .args(["train", "sft", "--max-steps", "2", "--data"])
+            .arg(&data)
+            .arg("--model")
+            .arg(&gguf)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = run(&["--pause-after", "1"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("paused with a checkpoint"), "{err}");
+    assert!(out.join("checkpoint/state.json").is_file());
+    assert!(!out.join("final").exists());
+
+    let r = run(&[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("resumed from step 1"), "{err}");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    ] {
+        assert!(out.join("final").join(f).is_file(), "{f}");
+    }
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(metrics[1]["step"], 2);
+    assert!(metrics[1]["eval_loss"].as_f64().is_some_and(f64::is_finite));
+}
+
+#[test]
+fn bad_data_and_config_are_errors_that_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pv.jsonl");
+    std::fs::write(&data, "{\"id\": 1}\n").unwrap();
+    let r = srcode()
+        .args(["train", "sft", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("pv.jsonl"), "{err}");
+
+    samples(&data, 2);
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[sft]\nschedule = \"steps\"\n").unwrap();
+    let r = srcode()
+        .args(["train", "sft", "--dry-run", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("`steps`"), "{err}");
+    std::fs::write(&cfg, "[sft]\nlearning_rate = 1.0\n").unwrap();
+    let r = srcode()
+        .args(["train", "sft", "--dry-run", "--data"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("learning_rate"), "{err}");
+}
