@@ -6,6 +6,7 @@
 
 pub mod algo;
 pub mod error;
+pub mod rl;
 pub mod sft;
 
 pub use error::{Result, TrainError};
