@@ -87,7 +87,7 @@ fn frequencies(m: &Llama, tok: &Tokenizer) -> Vec<f32> {
         stop_token_ids: Vec::new(),
     };
     let (gens, _) = generate(m, tok, &batch, &params).unwrap();
-    let mut counts = vec![0f32; VOCAB];
+    let mut counts = [0f32; VOCAB];
     let mut total = 0f32;
     for g in gens {
         for t in g.token_ids {
