@@ -7,6 +7,7 @@
 pub mod algo;
 pub mod error;
 pub mod rl;
+pub mod score;
 pub mod sft;
 
 pub use error::{Result, TrainError};

@@ -17,6 +17,47 @@ pub enum TrainCommand {
     /// Supervised fine-tuning: implicit prompt → secure code from a PrimeVul+ file, loss on the
     /// response tokens (fix tokens up-weighted). Resumes from the run's checkpoint.
     Sft(SftArgs),
+    /// RL with token-level rewards (PPO or GRPO): rollouts from PrimeVul+ prompts, scored by
+    /// the analyser and the prompt's repair pair, KL to the frozen starting model. Resumes from
+    /// the run's checkpoint.
+    Rl(RlArgs),
+}
+
+#[derive(Args)]
+pub struct RlArgs {
+    /// PrimeVul+ samples: their prompts are the RL prompts, their pairs the reference.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Base model: GGUF file or Hugging Face directory (default: the fetched default).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Start from this LoRA adapter (e.g. runs/sft/final from `train sft`); it is also the
+    /// frozen reference of the KL term.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Run directory: checkpoint/, metrics.jsonl and final/.
+    #[arg(long, default_value = "runs/rl")]
+    pub out: PathBuf,
+    /// Run configuration (TOML) with [rl], [rl.lora] and [reward] sections.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ppo or grpo (overrides rl.algorithm).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// token, instance or both (overrides rl.granularity): where the security reward lands.
+    #[arg(long)]
+    pub reward_granularity: Option<String>,
+    /// Steps (overrides rl.steps).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many steps with a checkpoint; the same command resumes.
+    #[arg(long)]
+    pub pause_after: Option<usize>,
+    /// Print the resolved configuration and a memory estimate, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]
@@ -68,34 +109,43 @@ impl Default for LoraSection {
     }
 }
 
-fn load_config(path: Option<&Path>) -> Result<(SftConfig, LoraSection)> {
+/// The `[section]` of a run file (empty when absent) and its `[section.lora]`, read apart so
+/// that the section's own struct can refuse unknown keys.
+fn section<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    name: &str,
+) -> Result<(T, LoraSection)> {
     let Some(p) = path else {
-        return Ok((SftConfig::default(), LoraSection::default()));
+        return Ok((T::default(), LoraSection::default()));
     };
     let text =
         std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
     let v: toml::Table = toml::from_str(&text)
         .with_context(|| format!("config {} is not valid TOML", p.display()))?;
-    let mut sft = v
-        .get("sft")
+    let mut sec = v
+        .get(name)
         .cloned()
         .unwrap_or(toml::Value::Table(toml::Table::new()));
-    // `lora` is read apart so that SftConfig can refuse unknown keys.
-    let lora: LoraSection = match sft.as_table_mut().and_then(|t| t.remove("lora")) {
+    let lora: LoraSection = match sec.as_table_mut().and_then(|t| t.remove("lora")) {
         Some(l) => l
             .try_into()
-            .with_context(|| format!("config {}: [sft.lora]", p.display()))?,
+            .with_context(|| format!("config {}: [{name}.lora]", p.display()))?,
         None => LoraSection::default(),
     };
-    let cfg: SftConfig = sft
+    let cfg: T = sec
         .try_into()
-        .with_context(|| format!("config {}: [sft]", p.display()))?;
+        .with_context(|| format!("config {}: [{name}]", p.display()))?;
     Ok((cfg, lora))
+}
+
+fn load_config(path: Option<&Path>) -> Result<(SftConfig, LoraSection)> {
+    section(path, "sft")
 }
 
 pub fn run(c: TrainCommand) -> Result<()> {
     match c {
         TrainCommand::Sft(a) => run_sft(a),
+        TrainCommand::Rl(a) => run_rl(a),
     }
 }
 
@@ -253,5 +303,196 @@ fn run_sft(a: SftArgs) -> Result<()> {
             "Hugging Face model"
         }
     );
+    Ok(())
+}
+
+fn run_rl(a: RlArgs) -> Result<()> {
+    use srcode_train::rl::{Algorithm, Granularity, RlConfig, RlPrompt, Trainer};
+    use srcode_train::score::{PromptInfo, SecurityScorer};
+    let (mut cfg, lora): (RlConfig, LoraSection) = section(a.config.as_deref(), "rl")?;
+    let (reward_cfg, _): (srcode_reward::config::RewardConfig, LoraSection) =
+        section(a.config.as_deref(), "reward")?;
+    if let Some(x) = &a.algorithm {
+        cfg.algorithm = match x.as_str() {
+            "ppo" => Algorithm::Ppo,
+            "grpo" => Algorithm::Grpo,
+            o => bail!("--algorithm `{o}`: expected ppo or grpo"),
+        };
+    }
+    if let Some(x) = &a.reward_granularity {
+        cfg.granularity = match x.as_str() {
+            "token" => Granularity::Token,
+            "instance" => Granularity::Instance,
+            "both" => Granularity::Both,
+            o => bail!("--reward-granularity `{o}`: expected token, instance or both"),
+        };
+    }
+    if let Some(n) = a.steps {
+        cfg.steps = n;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    cfg.validate()?;
+    if lora.rank == 0 {
+        bail!(
+            "[rl.lora] rank must be ≥ 1: RL trains LoRA adapters (the reference shares the base)"
+        );
+    }
+    let samples: Vec<PrimeVulPlus> = srcode_core::jsonl::read_strict(&a.data)
+        .with_context(|| format!("reading PrimeVul+ samples {}", a.data.display()))?;
+    if samples.is_empty() {
+        bail!("{} holds no samples", a.data.display());
+    }
+    let path = home::resolve_model(a.model.as_deref())?;
+    let meta = srcode_lm::loader::inspect(&path)
+        .with_context(|| format!("reading model {}", path.display()))?;
+    // One RL prompt per distinct prompt text.
+    let mut seen = std::collections::HashSet::new();
+    let mut prompts = Vec::new();
+    let mut infos = Vec::new();
+    for s in &samples {
+        if !seen.insert(s.prompt.clone()) {
+            continue;
+        }
+        let text = meta
+            .chat
+            .render(&[srcode_lm::chat::ChatMessage::user(&s.prompt)], true)
+            .with_context(|| format!("sample {}", s.id))?;
+        prompts.push(RlPrompt {
+            ids: meta.tokenizer.encode(&text, false)?,
+        });
+        infos.push(PromptInfo::from_pair(
+            s.language,
+            &s.secure,
+            &s.vulnerable,
+            reward_cfg.reference.ngram,
+        ));
+    }
+    let params = meta.config.parameter_count();
+    let rollouts = cfg.prompts_per_step * cfg.group_size;
+    let est_gib = (2.0 * params as f64 * 4.0
+        + rollouts.min(cfg.minibatch) as f64
+            * (cfg.max_new_tokens + 512) as f64
+            * meta.config.vocab_size as f64
+            * 4.0
+            * 2.0)
+        / f64::from(1u32 << 30);
+    eprintln!(
+        "{} prompts from {} samples; {:?} with {:?} rewards, {} steps of {} prompts × {} \
+         rollouts, LoRA rank {}; memory ≈ {est_gib:.1} GiB (policy + reference f32, logits of a \
+         minibatch)",
+        prompts.len(),
+        samples.len(),
+        cfg.algorithm,
+        cfg.granularity,
+        cfg.steps,
+        cfg.prompts_per_step,
+        cfg.group_size,
+        lora.rank
+    );
+    if a.dry_run {
+        println!(
+            "[rl]\n{}\n[rl.lora]\n{}",
+            toml::to_string(&cfg).context("printing the configuration")?,
+            toml::to_string(&lora).context("printing the configuration")?
+        );
+        return Ok(());
+    }
+    let lcfg = LoraConfig {
+        rank: lora.rank,
+        alpha: lora.alpha,
+        targets: lora.targets.clone(),
+    };
+    let load = || -> Result<srcode_lm::loader::LoadedModel> {
+        let mut lm = srcode_lm::loader::load(
+            &path,
+            &Device::Cpu,
+            Some(WeightMode::Dense {
+                dtype: DType::F32,
+                trainable: false,
+            }),
+        )
+        .with_context(|| format!("loading {}", path.display()))?;
+        lm.model
+            .attach_lora(&lcfg, cfg.seed)
+            .context("attaching LoRA adapters")?;
+        if let Some(init) = &a.init {
+            srcode_lm::train::load_adapter(&lm.model, init)
+                .with_context(|| format!("loading the adapter {}", init.display()))?;
+        }
+        Ok(lm)
+    };
+    // The policy's adapter Vars are what the optimiser trains; the reference's are never
+    // handed to an optimiser, so it stays where it started.
+    let policy = load()?;
+    let reference = load()?;
+    let scanner = srcode_scan::Scanner::builtin().context("loading the analyser's rules")?;
+    let engine = srcode_reward::RewardEngine::new(scanner, reward_cfg);
+    let scorer = SecurityScorer {
+        engine: &engine,
+        tokenizer: &policy.tokenizer,
+        prompts: infos,
+    };
+    let pad = policy
+        .tokenizer
+        .pad_token_id()
+        .or_else(|| policy.tokenizer.eos_token_ids().first().copied())
+        .unwrap_or(0);
+    let trainer = Trainer {
+        policy: &policy.model,
+        reference: &reference.model,
+        tokenizer: &policy.tokenizer,
+        scorer: &scorer,
+        prompts: &prompts,
+        cfg: cfg.clone(),
+        pad,
+        stop_ids: policy.tokenizer.eos_token_ids(),
+    };
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("rl {bar:30} {pos}/{len} {msg} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let on_step = |m: &srcode_train::rl::RlMetrics| {
+        bar.set_position(m.step as u64);
+        bar.set_message(format!(
+            "reward {:+.3} flagged {:.0}% kl {:.3} {:.0} s/step",
+            m.reward_mean,
+            100.0 * m.flagged_rate,
+            m.kl,
+            m.seconds
+        ));
+    };
+    let report = trainer
+        .run(&a.out, a.pause_after, &on_step)
+        .with_context(|| format!("training in {}", a.out.display()))?;
+    bar.finish_and_clear();
+    if let Some(from) = report.resumed_from {
+        eprintln!("resumed from step {from}");
+    }
+    if let (Some(f), Some(l)) = (report.metrics.first(), report.metrics.last()) {
+        eprintln!(
+            "steps {}..{}: reward {:+.3} → {:+.3}, flagged rollouts {:.0}% → {:.0}%, {:.0} s/step",
+            f.step,
+            l.step,
+            f.reward_mean,
+            l.reward_mean,
+            100.0 * f.flagged_rate,
+            100.0 * l.flagged_rate,
+            report.metrics.iter().map(|m| m.seconds).sum::<f64>() / report.metrics.len() as f64
+        );
+    }
+    if report.steps < cfg.steps {
+        eprintln!(
+            "paused with a checkpoint in {}; run the same command to continue",
+            a.out.join("checkpoint").display()
+        );
+        return Ok(());
+    }
+    let fin = a.out.join("final");
+    srcode_lm::loader::save_pretrained(&policy, &fin)
+        .with_context(|| format!("writing the trained adapter to {}", fin.display()))?;
+    eprintln!("wrote {} (PEFT adapter)", fin.display());
     Ok(())
 }

@@ -125,3 +125,63 @@ fn bad_data_and_config_are_errors_that_name_them() {
     assert_eq!(r.status.code(), Some(2), "{err}");
     assert!(err.contains("learning_rate"), "{err}");
 }
+
+#[test]
+fn an_rl_step_on_the_default_model_writes_metrics_and_an_adapter() {
+    let Some(gguf) = srcode_lm::tokenizer::default_test_gguf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pv.jsonl");
+    samples(&data, 4);
+    let cfg = dir.path().join("rl.toml");
+    std::fs::write(
+        &cfg,
+        "[rl]\nsteps = 1\nprompts_per_step = 2\ngroup_size = 2\nmax_new_tokens = 16\n\
+         epochs = 1\nminibatch = 4\n[rl.lora]\nrank = 4\n",
+    )
+    .unwrap();
+    let out = dir.path().join("rl");
+    let r = srcode()
+        .args([
+            "train",
+            "rl",
+            "--algorithm",
+            "grpo",
+            "--reward-granularity",
+            "token",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--model")
+        .arg(&gguf)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    let m: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["step"], 1);
+    // At the first step the policy is the reference.
+    assert!(m["kl"].as_f64().unwrap().abs() < 1e-3, "{m}");
+    assert!(m["response_length"].as_f64().unwrap() > 0.0);
+    assert!(out.join("final/adapter_model.safetensors").is_file());
+
+    let r = srcode()
+        .args(["train", "rl", "--algorithm", "dpo", "--dry-run", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("`dpo`"));
+}
