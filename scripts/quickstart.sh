@@ -2,8 +2,10 @@
 # The main job on the embedded default model. Today: build, fetch SmolLM2-135M-Instruct, show what
 # it is, sample the untrained model's answers to coding requests, scan them with the analyser and
 # score every token with the token-level reward (runs/quickstart/rewards.jsonl and a per-token
-# heat map in runs/quickstart/heatmap.html). Grows into the whole Vul2Safe → SFT → RL →
-# evaluation pipeline as its stages land.
+# heat map in runs/quickstart/heatmap.html); then the method's stages at toy scale: Vul2Safe on
+# four demo pairs (runs/quickstart/data, with its card), SFT on the result, and two GRPO steps
+# with token-level rewards from the SFT adapter. Every stage resumes when run again.
+# Evaluation and the before/after report land next.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/quickstart
@@ -49,3 +51,21 @@ for line in open(sys.argv[1]):
           f"{sum(r['token_rewards']):+.2f} | {r['instance_reward']:+.2f} | {r['total_reward']:+.2f} |")
 PY
 echo; echo "per-token heat map: $out/heatmap.html"
+
+echo; echo "== Vul2Safe: repair, reflect, implicit prompts (4 demo pairs, local teacher)"
+python3 - examples/data/pairs.jsonl "$out/pairs.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+pick = [r for r in rows if r["id"] in ("demo-c-001", "demo-c-010", "demo-py-001", "demo-py-010")]
+open(sys.argv[2], "w").write("".join(json.dumps(r) + "\n" for r in pick))
+PY
+$srcode data build "$out/pairs.jsonl" --config configs/quickstart.toml --out "$out/data"
+sed -n '1,/^## Implicit prompts/p' "$out/data/card.md" | head -25
+
+echo; echo "== SFT on PrimeVul+ (LoRA)"
+$srcode train sft --data "$out/data/primevul_plus.jsonl" --config configs/quickstart.toml --out "$out/sft"
+
+echo; echo "== RL: GRPO with token-level rewards, from the SFT adapter"
+$srcode train rl --data "$out/data/primevul_plus.jsonl" --init "$out/sft/final" \
+  --config configs/quickstart.toml --out "$out/rl"
+echo; echo "runs: $out/data (PrimeVul+ and card.md), $out/sft, $out/rl (metrics.jsonl, final/)"

@@ -5,6 +5,7 @@
 //! supervised stage on PrimeVul+.
 
 pub mod algo;
+pub mod checkpoint;
 pub mod error;
 pub mod rl;
 pub mod score;

@@ -18,6 +18,7 @@
 //! the gradient of the clipped objective), and `Σ c_v · V_t` for the value loss.
 
 use crate::algo::{self, KlEstimator};
+use crate::checkpoint::{self, io};
 use crate::error::{Result, TrainError};
 use candle_core::{DType, Tensor, Var};
 use rand::seq::SliceRandom;
@@ -28,8 +29,6 @@ use srcode_lm::model::ForwardOpts;
 use srcode_lm::tokenizer::Tokenizer;
 use srcode_lm::train::{AdamW, AdamWConfig};
 use srcode_lm::Llama;
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -332,64 +331,6 @@ pub struct RlReport {
     pub metrics: Vec<RlMetrics>,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-fn save(params: &[(String, Var)], opt: &AdamW, state: &RlState, dir: &Path) -> Result<()> {
-    let tmp = dir.join("checkpoint.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let w: HashMap<String, Tensor> = params
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    srcode_lm::train::write_safetensors(&w, &tmp.join("trainable.safetensors"))?;
-    srcode_lm::train::write_safetensors(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Input(e.to_string()))?;
-    std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
-    let dst = dir.join("checkpoint");
-    let old = dir.join("checkpoint.old");
-    if dst.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(&dst, &old).map_err(io(&dst))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
-}
-
-fn load(params: &[(String, Var)], opt: &mut AdamW, ckpt: &Path) -> Result<RlState> {
-    let sp = ckpt.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
-    let state: RlState = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Input(format!("{}: {e}", sp.display())))?;
-    let wp = ckpt.join("trainable.safetensors");
-    let dev = params
-        .first()
-        .map(|(_, v)| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
-    let w = candle_core::safetensors::load(&wp, &dev)?;
-    for (name, var) in params {
-        let t = w
-            .get(name)
-            .ok_or_else(|| TrainError::Input(format!("{}: no tensor `{name}`", wp.display())))?;
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
-    let o = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &dev)?;
-    opt.load_state(&o)?;
-    Ok(state)
-}
-
 /// The prompts of step `step`: a seeded permutation of all prompts per pass, taken in turn.
 fn step_prompts(n: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
     (0..per_step)
@@ -482,12 +423,8 @@ impl Trainer<'_> {
             steps: 0,
             metrics: Vec::new(),
         };
-        let ckpt = ["checkpoint", "checkpoint.old"]
-            .iter()
-            .map(|d| dir.join(d))
-            .find(|d| d.join("state.json").is_file());
-        if let Some(ck) = ckpt {
-            let st = load(&params, &mut opt, &ck)?;
+        if let Some(ck) = checkpoint::find(dir) {
+            let st: RlState = checkpoint::load(&params, &mut opt, &ck)?;
             if st.config != *cfg || st.prompts != self.prompts.len() {
                 return Err(TrainError::Input(format!(
                     "{} was written with another configuration or prompt set; use a new run \
@@ -498,38 +435,21 @@ impl Trainer<'_> {
             start = st.step;
             kl_ctl.beta = st.kl_coef;
             report.resumed_from = Some(st.step);
-            let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-            let kept: Vec<RlMetrics> = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<RlMetrics>(l).ok())
-                .filter(|m| m.step <= st.step)
-                .collect();
-            let body: String = kept
-                .iter()
-                .filter_map(|m| serde_json::to_string(m).ok())
-                .map(|l| l + "\n")
-                .collect();
-            std::fs::write(&metrics_path, body).map_err(io(&metrics_path))?;
+            checkpoint::truncate_metrics(&metrics_path, st.step)?;
         } else if metrics_path.exists() {
             std::fs::remove_file(&metrics_path).map_err(io(&metrics_path))?;
         }
         report.steps = start;
         for step in start..cfg.steps {
             let m = self.step(step, head.as_ref(), &mut opt, &mut kl_ctl)?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .map_err(io(&metrics_path))?;
-            let line = serde_json::to_string(&m).map_err(|e| TrainError::Input(e.to_string()))?;
-            writeln!(f, "{line}").map_err(io(&metrics_path))?;
+            checkpoint::append_line(&metrics_path, &m)?;
             on_step(&m);
             report.metrics.push(m);
             let done = step + 1;
             report.steps = done;
             let pause = pause_after.is_some_and(|p| done >= p);
             if done % cfg.save_every.max(1) == 0 || done == cfg.steps || pause {
-                save(
+                checkpoint::save(
                     &params,
                     &opt,
                     &RlState {

@@ -11,6 +11,7 @@
 //! so a kill leaves the last one intact; the data order is a function of the seed, so a resumed
 //! run continues exactly where the uninterrupted one would be.
 
+use crate::checkpoint::{self, io};
 use crate::error::{Result, TrainError};
 use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
@@ -22,8 +23,6 @@ use srcode_lm::chat::{ChatMessage, ChatTemplate};
 use srcode_lm::tokenizer::Tokenizer;
 use srcode_lm::train::{token_logprobs, AdamW, AdamWConfig};
 use srcode_lm::Llama;
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -170,20 +169,10 @@ impl Example {
     }
 }
 
-fn fence(lang: Language) -> &'static str {
-    match lang {
-        Language::C => "c",
-        Language::Cpp => "cpp",
-        Language::Python => "python",
-        Language::Java => "java",
-        Language::JavaScript => "javascript",
-    }
-}
-
 /// The assistant's answer the model is taught: the code in one fenced block. Returns the text
 /// and the byte offset of the code inside it.
 pub fn answer_text(code: &str, lang: Language) -> (String, usize) {
-    let head = format!("```{}\n", fence(lang));
+    let head = format!("```{}\n", lang.name());
     (format!("{head}{}\n```", code.trim_end()), head.len())
 }
 
@@ -495,101 +484,14 @@ pub struct SftReport {
     pub checkpoint: PathBuf,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-/// Writes the trainable tensors, the optimiser state and `state.json` into `dir/checkpoint`,
-/// through `dir/checkpoint.tmp` and a rename.
+/// Writes the trainable tensors, the optimiser state and `state.json` into `dir/checkpoint`.
 pub fn save_state(model: &Llama, opt: &AdamW, state: &SftState, dir: &Path) -> Result<()> {
-    let tmp = dir.join("checkpoint.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let weights: HashMap<String, Tensor> = model
-        .trainable()
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    srcode_lm::train::write_safetensors(&weights, &tmp.join("trainable.safetensors"))?;
-    srcode_lm::train::write_safetensors(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Input(e.to_string()))?;
-    std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
-    let dst = dir.join("checkpoint");
-    let old = dir.join("checkpoint.old");
-    if dst.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(&dst, &old).map_err(io(&dst))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(io(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
-}
-
-/// The checkpoint of `dir`, falling back to `checkpoint.old` when a kill came between the two
-/// renames of [`save_state`].
-fn checkpoint_dir(dir: &Path) -> Option<PathBuf> {
-    ["checkpoint", "checkpoint.old"]
-        .iter()
-        .map(|d| dir.join(d))
-        .find(|d| d.join("state.json").is_file())
+    checkpoint::save(model.trainable(), opt, state, dir)
 }
 
 /// Loads a checkpoint into `model` and `opt`; returns its state.
 pub fn load_state(model: &Llama, opt: &mut AdamW, ckpt: &Path) -> Result<SftState> {
-    let sp = ckpt.join("state.json");
-    let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
-    let state: SftState = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Input(format!("{}: {e}", sp.display())))?;
-    let wp = ckpt.join("trainable.safetensors");
-    let w = candle_core::safetensors::load(&wp, model.device())?;
-    for (name, var) in model.trainable() {
-        let t = w.get(name).ok_or_else(|| {
-            TrainError::Input(format!(
-                "{}: no tensor `{name}` (a checkpoint of another model or adapter setting?)",
-                wp.display()
-            ))
-        })?;
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
-    let op = ckpt.join("optimizer.safetensors");
-    let o = candle_core::safetensors::load(&op, model.device())?;
-    opt.load_state(&o)?;
-    Ok(state)
-}
-
-fn append_metrics(path: &Path, m: &SftMetrics) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io(path))?;
-    let mut line = serde_json::to_string(m).map_err(|e| TrainError::Input(e.to_string()))?;
-    line.push('\n');
-    f.write_all(line.as_bytes()).map_err(io(path))
-}
-
-/// Keeps the metrics lines of steps `≤ step` (a resumed run rewrites what came after its
-/// checkpoint).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<SftMetrics>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).map_err(io(path))
+    checkpoint::load(model.trainable(), opt, ckpt)
 }
 
 /// Accumulates `g` into `acc` for every trainable tensor.
@@ -662,7 +564,7 @@ pub fn train(
     let metrics_path = dir.join("metrics.jsonl");
     let mut start_step = 0;
     let mut resumed_from = None;
-    if let Some(ck) = checkpoint_dir(dir) {
+    if let Some(ck) = checkpoint::find(dir) {
         let st = load_state(model, &mut opt, &ck)?;
         if st.config != *cfg || st.train_examples != train.len() {
             return Err(TrainError::Input(format!(
@@ -673,7 +575,7 @@ pub fn train(
         }
         start_step = st.step;
         resumed_from = Some(st.step);
-        truncate_metrics(&metrics_path, st.step)?;
+        checkpoint::truncate_metrics(&metrics_path, st.step)?;
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(io(&metrics_path))?;
     }
@@ -761,7 +663,7 @@ pub fn train(
                 None
             },
         };
-        append_metrics(&metrics_path, &m)?;
+        checkpoint::append_line(&metrics_path, &m)?;
         report.first_loss.get_or_insert(m.loss);
         report.last_loss = Some(m.loss);
         if done == total {
