@@ -455,9 +455,13 @@ pub fn card(input: &CardInput) -> String {
     // Funnel.
     s.push_str("## Acceptance funnel\n\n| stage | records |\n|---|---:|\n");
     s.push_str(&format!("| ingested | {} |\n", records.len()));
+    let too_long = outcomes
+        .iter()
+        .filter(|o| o.rejection.as_ref().is_some_and(|r| r.code == "too_long"))
+        .count();
     s.push_str(&format!(
-        "| repaired (teacher answered) | {} |\n",
-        outcomes.len()
+        "| sent to the teacher (not over max_function_bytes) | {} |\n",
+        outcomes.len() - too_long
     ));
     let accepted = outcomes.iter().filter(|o| o.accepted).count();
     s.push_str(&format!(
