@@ -3,7 +3,7 @@
 # it is, sample the untrained model's answers to coding requests, scan them with the analyser and
 # score every token with the token-level reward (runs/quickstart/rewards.jsonl and a per-token
 # heat map in runs/quickstart/heatmap.html); then the method's stages at toy scale: Vul2Safe on
-# four demo pairs (runs/quickstart/data, with its card), SFT on the result, and two GRPO steps
+# eight demo pairs (runs/quickstart/data, with its card), SFT on the result, and two GRPO steps
 # with token-level rewards from the SFT adapter. Every stage resumes when run again.
 # Evaluation and the before/after report land next.
 set -euo pipefail
@@ -52,11 +52,12 @@ for line in open(sys.argv[1]):
 PY
 echo; echo "per-token heat map: $out/heatmap.html"
 
-echo; echo "== Vul2Safe: repair, reflect, implicit prompts (4 demo pairs, local teacher)"
+echo; echo "== Vul2Safe: repair, reflect, implicit prompts (8 demo pairs, local teacher)"
 python3 - examples/data/pairs.jsonl "$out/pairs.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-pick = [r for r in rows if r["id"] in ("demo-c-001", "demo-c-010", "demo-py-001", "demo-py-010")]
+keep = ("demo-c-001", "demo-c-002", "demo-c-010", "demo-c-020", "demo-py-001", "demo-py-005", "demo-py-010", "demo-py-020")
+pick = [r for r in rows if r["id"] in keep]
 open(sys.argv[2], "w").write("".join(json.dumps(r) + "\n" for r in pick))
 PY
 $srcode data build "$out/pairs.jsonl" --config configs/quickstart.toml --out "$out/data"

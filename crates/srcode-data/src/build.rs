@@ -514,7 +514,11 @@ pub fn card(input: &CardInput) -> String {
             match &c.rejected {
                 None => kept += 1,
                 Some(r) => {
-                    let key = r.split(['`', '(']).next().unwrap_or(r).trim().to_string();
+                    let key = if r.contains("words (at least") {
+                        format!("shorter than {} words", cfg.prompts.min_words)
+                    } else {
+                        r.split(['`', '(']).next().unwrap_or(r).trim().to_string()
+                    };
                     *prompt_reasons.entry(key).or_default() += 1;
                 }
             }

@@ -205,6 +205,47 @@ fn clean(answer: &str) -> String {
     t.trim().trim_matches('"').trim().to_string()
 }
 
+/// Whether more than two lines of `text` read as source code (a small teacher sometimes
+/// answers with the function itself, which would put the answer in the prompt).
+fn looks_like_code(text: &str) -> bool {
+    let starts = [
+        "def ", "return", "if ", "if(", "for ", "for(", "while ", "#include", "import ", "else",
+        "}", "{",
+    ];
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    // A definition line is code on its own.
+    if lines.iter().any(|l| {
+        ["def ", "class ", "#include", "#define"]
+            .iter()
+            .any(|s| l.starts_with(s))
+    }) {
+        return true;
+    }
+    lines
+        .iter()
+        .filter(|l| {
+            !l.is_empty()
+                && (starts.iter().any(|s| l.starts_with(s))
+                    || l.contains("\"\"\"")
+                    || [';', '{', '[', '(', ','].iter().any(|c| l.ends_with(*c))
+                    || (l.ends_with(':') && l.contains('(')))
+        })
+        .count()
+        > 2
+}
+
+/// Whether `text` repeats itself: fewer than half of its word trigrams are distinct (the
+/// degenerate loops of a small model).
+fn repetitive(text: &str) -> bool {
+    let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    if words.len() < 14 {
+        return false;
+    }
+    let tri: Vec<&[String]> = words.windows(3).collect();
+    let distinct: HashSet<&[String]> = tri.iter().copied().collect();
+    distinct.len() * 2 < tri.len()
+}
+
 /// Why `text` is not an acceptable implicit prompt, if it is not.
 pub fn leak(text: &str, cfg: &PromptConfig, fix: &HashSet<String>) -> Option<String> {
     let low = text.to_lowercase();
@@ -216,8 +257,11 @@ pub fn leak(text: &str, cfg: &PromptConfig, fix: &HashSet<String>) -> Option<Str
     {
         return Some(format!("mentions `{w}`"));
     }
-    if text.contains("```") {
+    if text.contains("```") || looks_like_code(text) {
         return Some("contains code".into());
+    }
+    if repetitive(text) {
+        return Some("repetitive (the same word trigrams over and over)".into());
     }
     let words: Vec<&str> = text
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -457,6 +501,19 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn code_and_loops_are_not_prompts() {
+        let cfg = PromptConfig::default();
+        let none = HashSet::new();
+        let code = "def git_hook(strict=False):\n    if strict:\n        return 0\n    return 1";
+        assert_eq!(leak(code, &cfg, &none).as_deref(), Some("contains code"));
+        let looped = "It must accept a maximum of 10 connections. ".repeat(6);
+        assert!(leak(&looped, &cfg, &none).is_some_and(|r| r.starts_with("repetitive")));
+        let fine = "Return the title of the video at the given URL, or an empty string when the \
+                    page has none. It raises ValueError for a URL that is not a video page.";
+        assert_eq!(leak(fine, &cfg, &none), None);
     }
 
     #[test]
