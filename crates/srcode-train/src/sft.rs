@@ -579,7 +579,7 @@ pub fn train(
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path).map_err(io(&metrics_path))?;
     }
-    let eval_before = if start_step == 0 {
+    let eval_before = if start_step == 0 && !eval.is_empty() {
         Some(eval_loss(model, eval, cfg, pad)?)
     } else {
         None
@@ -646,7 +646,8 @@ pub fn train(
             });
         }
         let done = step + 1;
-        let eval_now = (cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total;
+        let eval_now = !eval.is_empty()
+            && ((cfg.eval_every > 0 && done % cfg.eval_every == 0) || done == total);
         let m = SftMetrics {
             step: done,
             epoch,
