@@ -7,6 +7,7 @@
 pub mod algo;
 pub mod checkpoint;
 pub mod error;
+pub mod grad;
 pub mod rl;
 pub mod score;
 pub mod sft;

@@ -494,29 +494,6 @@ pub fn load_state(model: &Llama, opt: &mut AdamW, ckpt: &Path) -> Result<SftStat
     checkpoint::load(model.trainable(), opt, ckpt)
 }
 
-/// Accumulates `g` into `acc` for every trainable tensor.
-fn accumulate(
-    model: &Llama,
-    acc: &mut Option<candle_core::backprop::GradStore>,
-    g: candle_core::backprop::GradStore,
-) -> Result<()> {
-    match acc {
-        None => *acc = Some(g),
-        Some(a) => {
-            for (_, v) in model.trainable() {
-                if let Some(new) = g.get(v.as_tensor()) {
-                    let sum = match a.get(v.as_tensor()) {
-                        Some(old) => (old + new)?,
-                        None => new.clone(),
-                    };
-                    a.insert(v.as_tensor(), sum);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Trains `model` (its trainable tensors: LoRA adapters or all weights) on `train`, evaluating
 /// on `eval`, in `dir`. Resumes from `dir/checkpoint` when there is one. `pause_after` stops
 /// (with a checkpoint) once that many steps of the schedule are done, without changing the
@@ -635,7 +612,7 @@ pub fn train(
             nll_sum += parts.nll / cfg.grad_accum as f32;
             ul_sum += parts.unlikelihood / cfg.grad_accum as f32;
             tokens += parts.tokens;
-            accumulate(model, &mut acc, scaled.backward()?)?;
+            crate::grad::accumulate(model.trainable(), &mut acc, scaled.backward()?)?;
         }
         let Some(grads) = acc else { break };
         let st = opt.step(&grads, cfg.max_grad_norm)?;

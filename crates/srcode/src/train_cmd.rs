@@ -370,18 +370,24 @@ fn run_rl(a: RlArgs) -> Result<()> {
         ));
     }
     let params = meta.config.parameter_count();
-    let rollouts = cfg.prompts_per_step * cfg.group_size;
-    let est_gib = (2.0 * params as f64 * 4.0
-        + rollouts.min(cfg.minibatch) as f64
-            * (cfg.max_new_tokens + 512) as f64
-            * meta.config.vocab_size as f64
-            * 4.0
-            * 2.0)
+    let c = &meta.config;
+    let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + cfg.max_new_tokens;
+    let seq = longest.min(cfg.micro_tokens) as f64;
+    // Weights of policy and reference (f32), and the activations a differentiable forward of
+    // `micro_tokens` keeps: per token and layer about 40·hidden + 6·intermediate floats plus
+    // the attention rows (3 · heads · sequence), which matches a measured 5–6 MB per token for
+    // SmolLM2-135M at 256–400 tokens.
+    let per_token = c.num_hidden_layers as f64
+        * (40.0 * c.hidden_size as f64
+            + 6.0 * c.intermediate_size as f64
+            + 3.0 * c.num_attention_heads as f64 * seq)
+        * 4.0;
+    let est_gib = (2.0 * params as f64 * 4.0 + cfg.micro_tokens as f64 * per_token)
         / f64::from(1u32 << 30);
     eprintln!(
         "{} prompts from {} samples; {:?} with {:?} rewards, {} steps of {} prompts × {} \
-         rollouts, LoRA rank {}; memory ≈ {est_gib:.1} GiB (policy + reference f32, logits of a \
-         minibatch)",
+         rollouts, LoRA rank {}; memory ≈ {est_gib:.1} GiB (policy + reference f32, activations of \
+         a {}-token micro-batch; lower rl.micro_tokens to fit)",
         prompts.len(),
         samples.len(),
         cfg.algorithm,
@@ -389,7 +395,8 @@ fn run_rl(a: RlArgs) -> Result<()> {
         cfg.steps,
         cfg.prompts_per_step,
         cfg.group_size,
-        lora.rank
+        lora.rank,
+        cfg.micro_tokens
     );
     if a.dry_run {
         println!(
