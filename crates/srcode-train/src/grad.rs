@@ -1,8 +1,26 @@
-//! Gradient accumulation over micro-batches.
+//! Batching for the trainers: right-padded id batches, micro-batches under a token budget, and
+//! gradient accumulation over them.
 
 use crate::error::Result;
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use candle_core::{Device, Tensor, Var};
+
+/// Rows of `(ids, prompt_len)` right-padded with `pad` into a `[rows, longest]` tensor, and the
+/// first position any row scores (the shortest prompt, at least 1).
+pub fn right_padded(
+    rows: &[(&[u32], usize)],
+    pad: u32,
+    device: &Device,
+) -> Result<(Tensor, usize)> {
+    let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let start = rows.iter().map(|r| r.1).min().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    for (r, _) in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, len - r.len()));
+    }
+    Ok((Tensor::from_vec(ids, (rows.len(), len), device)?, start))
+}
 
 /// Adds the gradients of `g` for `params` into `acc` (which takes `g` whole the first time).
 pub fn accumulate(

@@ -262,14 +262,11 @@ impl Rollout {
 }
 
 fn padded(rows: &[&Rollout], pad: u32, device: &candle_core::Device) -> Result<(Tensor, usize)> {
-    let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    let start = rows.iter().map(|r| r.prompt_len).min().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(rows.len() * len);
-    for r in rows {
-        ids.extend_from_slice(&r.ids);
-        ids.extend(std::iter::repeat_n(pad, len - r.ids.len()));
-    }
-    Ok((Tensor::from_vec(ids, (rows.len(), len), device)?, start))
+    let rows: Vec<(&[u32], usize)> = rows
+        .iter()
+        .map(|r| (r.ids.as_slice(), r.prompt_len))
+        .collect();
+    crate::grad::right_padded(&rows, pad, device)
 }
 
 /// One vector per rollout, over its response tokens.

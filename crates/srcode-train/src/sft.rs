@@ -322,14 +322,8 @@ pub struct LossParts {
 }
 
 fn padded(rows: &[(&[u32], usize)], pad: u32) -> Result<(Tensor, usize, usize)> {
-    let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let start = rows.iter().map(|r| r.1).min().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(rows.len() * len);
-    for (r, _) in rows {
-        ids.extend_from_slice(r);
-        ids.extend(std::iter::repeat_n(pad, len - r.len()));
-    }
-    let t = Tensor::from_vec(ids, (rows.len(), len), &candle_core::Device::Cpu)?;
+    let (t, start) = crate::grad::right_padded(rows, pad, &candle_core::Device::Cpu)?;
+    let len = t.dim(1)?;
     Ok((t, start, len))
 }
 
