@@ -21,6 +21,17 @@ use crate::ops;
 /// Logits are computed only for the positions that are scored (`start - 1 .. seq - 1`), which is
 /// most of the saving when prompts are long.
 pub fn token_logprobs(model: &Llama, ids: &Tensor, start: usize, grad: bool) -> Result<Tensor> {
+    Ok(token_logprobs_and_hidden(model, ids, start, grad)?.0)
+}
+
+/// [`token_logprobs`], with the last hidden states `[batch, seq - start, hidden]` of the
+/// positions that predict the scored tokens (what a value head reads).
+pub fn token_logprobs_and_hidden(
+    model: &Llama,
+    ids: &Tensor,
+    start: usize,
+    grad: bool,
+) -> Result<(Tensor, Tensor)> {
     let (b, t) = ids.dims2()?;
     if start == 0 || start >= t {
         return Err(LmError::InvalidArgument(format!(
@@ -40,7 +51,7 @@ pub fn token_logprobs(model: &Llama, ids: &Tensor, start: usize, grad: bool) -> 
     let logits = model.logits(&h)?.reshape((b * n, ()))?;
     let targets = ids.narrow(1, start, n)?.flatten_all()?.contiguous()?;
     let lp = ops::token_logprobs(&logits.contiguous()?, &targets)?;
-    Ok(lp.reshape((b, n))?)
+    Ok((lp.reshape((b, n))?, h))
 }
 
 /// AdamW hyper-parameters.

@@ -25,7 +25,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use srcode_lm::generate::{generate, SamplingParams};
-use srcode_lm::model::ForwardOpts;
 use srcode_lm::tokenizer::Tokenizer;
 use srcode_lm::train::{AdamW, AdamWConfig};
 use srcode_lm::Llama;
@@ -214,20 +213,8 @@ fn forward(
     start: usize,
     grad: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let (b, t) = ids.dims2()?;
-    let hidden = model.forward_hidden(
-        ids,
-        ForwardOpts {
-            pad_left: &[],
-            grad,
-        },
-        None,
-    )?;
-    let n = t - start;
-    let h = hidden.narrow(1, start - 1, n)?;
-    let logits = model.logits(&h)?.reshape((b * n, ()))?;
-    let targets = ids.narrow(1, start, n)?.flatten_all()?.contiguous()?;
-    let lp = srcode_lm::ops::token_logprobs(&logits.contiguous()?, &targets)?.reshape((b, n))?;
+    let (lp, h) = srcode_lm::train::token_logprobs_and_hidden(model, ids, start, grad)?;
+    let (b, n) = lp.dims2()?;
     let values = match head {
         Some(v) => {
             // The critic reads the trunk's features without training them: early value errors
@@ -552,6 +539,7 @@ impl Trainer<'_> {
         // KL per token and the rewards by granularity.
         let beta = kl_ctl.beta;
         let mut seq_kl = Vec::with_capacity(rollouts.len());
+        let mut token_kl: Vec<Vec<f32>> = Vec::with_capacity(rollouts.len());
         let mut seq_scores = vec![0f32; rollouts.len()];
         let mut token_terms: Vec<Vec<f32>> = vec![Vec::new(); rollouts.len()];
         for (i, r) in rollouts.iter().enumerate() {
@@ -564,13 +552,14 @@ impl Trainer<'_> {
             };
             seq_scores[i] = inst;
             token_terms[i] = tok;
-            let kl: f32 = r
+            let kl: Vec<f32> = r
                 .old_lp
                 .iter()
                 .zip(&r.ref_lp)
                 .map(|(&a, &b)| algo::kl(a, b, cfg.kl_estimator).0)
-                .sum();
-            seq_kl.push(kl);
+                .collect();
+            seq_kl.push(kl.iter().sum::<f32>());
+            token_kl.push(kl);
         }
         match cfg.algorithm {
             Algorithm::Ppo => {
@@ -578,14 +567,14 @@ impl Trainer<'_> {
                 for &i in &keep {
                     let r = &mut rollouts[i];
                     let n = r.resp_len();
-                    let kl: Vec<f32> = r
-                        .old_lp
-                        .iter()
-                        .zip(&r.ref_lp)
-                        .map(|(&a, &b)| algo::kl(a, b, cfg.kl_estimator).0)
-                        .collect();
                     let mut rew = vec![0f32; n];
-                    algo::reward_stream(&token_terms[i], &kl, beta, seq_scores[i], &mut rew)?;
+                    algo::reward_stream(
+                        &token_terms[i],
+                        &token_kl[i],
+                        beta,
+                        seq_scores[i],
+                        &mut rew,
+                    )?;
                     r.adv = vec![0.0; n];
                     r.ret = vec![0.0; n];
                     algo::gae(
