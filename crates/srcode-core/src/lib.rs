@@ -256,6 +256,22 @@ fn memchr_newlines(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            _ => o.push(c),
+        }
+    }
+    o
+}
+
 /// `../shared/data/<sub>` beside the repository (or `$SRCODE_SHARED_DATA/<sub>`), for tests and
 /// benchmarks. Returns `None`, after printing `SKIP <what>: ...`, when it is absent.
 #[doc(hidden)]

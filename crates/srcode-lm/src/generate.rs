@@ -190,7 +190,28 @@ pub fn generate(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
 ) -> Result<(Vec<Generation>, GenerationStats)> {
+    generate_seeded(model, tok, prompts, params, None)
+}
+
+/// [`generate`] with one seed per row (`seeds[i]` for prompt `i`) instead of `params.seed + i`,
+/// so a row's sample depends only on its own seed, whatever batch it lands in.
+pub fn generate_seeded(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    seeds: Option<&[u64]>,
+) -> Result<(Vec<Generation>, GenerationStats)> {
     params.validate()?;
+    if let Some(s) = seeds {
+        if s.len() != prompts.len() {
+            return Err(LmError::InvalidArgument(format!(
+                "{} seeds for {} prompts",
+                s.len(),
+                prompts.len()
+            )));
+        }
+    }
     if prompts.is_empty() {
         return Ok((Vec::new(), GenerationStats::default()));
     }
@@ -225,7 +246,9 @@ pub fn generate(
             bytes: Vec::new(),
             stop_at: None,
             finish: None,
-            rng: rand::rngs::StdRng::seed_from_u64(params.seed.wrapping_add(i as u64)),
+            rng: rand::rngs::StdRng::seed_from_u64(
+                seeds.map_or(params.seed.wrapping_add(i as u64), |s| s[i]),
+            ),
         })
         .collect();
 

@@ -15,20 +15,7 @@ pub struct HeatmapEntry<'a> {
     pub rewards: &'a TokenRewards,
 }
 
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            _ => o.push(c),
-        }
-    }
-    o
-}
+use srcode_core::html_escape as esc;
 
 /// Renders one HTML page for all entries.
 pub fn render(title: &str, entries: &[HeatmapEntry<'_>]) -> String {

@@ -7,6 +7,7 @@ mod generate;
 mod home;
 mod model_cmd;
 mod reward_cmd;
+mod sandbox_cmd;
 mod scan_cmd;
 mod train_cmd;
 
@@ -57,6 +58,9 @@ enum Command {
     /// self-reflecting teacher (ingest, repair, implicit prompts; resumable).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Run untrusted C or Python code isolated, with a JSON verdict.
+    #[command(subcommand)]
+    Sandbox(sandbox_cmd::SandboxCommand),
     /// SRCode training: supervised fine-tuning on PrimeVul+ (resumable).
     #[command(subcommand)]
     Train(train_cmd::TrainCommand),
@@ -85,6 +89,7 @@ fn main() {
         Command::Reward(a) => reward_cmd::run(a).map(|()| 0),
         Command::Data(c) => data_cmd::run(c),
         Command::Train(c) => train_cmd::run(c).map(|()| 0),
+        Command::Sandbox(c) => sandbox_cmd::run(c),
     };
     match result {
         Ok(code) => std::process::exit(code),
