@@ -101,6 +101,7 @@ pub fn stop_strings(lang: Language, mode: Mode) -> Vec<String> {
             "\n@app.",
             "\nprint(",
             "\nassert ",
+            "\n#",
             "\n```",
         ]
         .iter()
@@ -110,6 +111,9 @@ pub fn stop_strings(lang: Language, mode: Mode) -> Vec<String> {
         (Mode::Instruct, _) => Vec::new(),
     }
 }
+
+/// One row of a local batch: (task, sample, prompt ids).
+struct Row(usize, usize, Vec<u32>);
 
 /// The in-process model.
 pub struct LocalGenerator {
@@ -148,7 +152,7 @@ impl Generator for LocalGenerator {
         let ctx = lm.model.config().max_position_embeddings;
         // Token ids of each task's prompt.
         let mut results: Vec<Result<Vec<Completion>>> = Vec::with_capacity(tasks.len());
-        let mut rows: Vec<(usize, usize, Vec<u32>)> = Vec::new(); // (task, sample, ids)
+        let mut rows: Vec<Row> = Vec::new();
         for (ti, t) in tasks.iter().enumerate() {
             let ids = match t.mode {
                 Mode::Complete => lm
@@ -174,7 +178,7 @@ impl Generator for LocalGenerator {
                 ))),
                 Ok(ids) => {
                     for j in 0..s.n {
-                        rows.push((ti, j, ids.clone()));
+                        rows.push(Row(ti, j, ids.clone()));
                     }
                     results.push(Ok(vec![
                         Completion {
@@ -193,7 +197,7 @@ impl Generator for LocalGenerator {
         let eos = lm.tokenizer.eos_token_ids();
         for chunk in rows.chunks(self.batch_rows) {
             // Rows of one batch share stop strings only when their tasks agree; split otherwise.
-            let mut groups: Vec<(Vec<String>, Vec<&(usize, usize, Vec<u32>)>)> = Vec::new();
+            let mut groups: Vec<(Vec<String>, Vec<&Row>)> = Vec::new();
             for r in chunk {
                 let t = tasks[r.0];
                 let stops = stop_strings(t.language, t.mode);

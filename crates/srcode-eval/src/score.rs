@@ -158,6 +158,14 @@ fn brace_depth(code: &[u8], mut depth: i64, stop_at_zero: bool) -> (i64, Option<
 /// languages up to the brace that closes it; for Python what the stop strings left.
 pub fn completion_body(prefix: &str, completion: &str, lang: Language) -> String {
     let mut body = completion;
+    // A chat-tuned model may open a fence instead of continuing the code: take what is inside.
+    let lead = body.trim_start_matches([' ', '\t', '\n']);
+    if lead.starts_with("```") {
+        body = lead.find('\n').map_or("", |nl| &lead[nl + 1..]);
+        if let Some(p) = body.find("```") {
+            body = &body[..p];
+        }
+    }
     if let Some(p) = body.find("\n```") {
         body = &body[..p];
     }
@@ -346,7 +354,16 @@ mod tests {
         let body = completion_body(prefix, comp, Language::C);
         assert!(body.ends_with("return 0;\n}\n"), "{body:?}");
         assert!(!body.contains("other"));
-        // Python keeps what the stop strings left; fences are cut.
+        // Python keeps what the stop strings left; fences are cut, or opened when the model
+        // starts with one.
+        assert_eq!(
+            completion_body(
+                "def f():\n",
+                "```python\n    return 2\n```\nprose",
+                Language::Python
+            ),
+            "    return 2\n"
+        );
         assert_eq!(
             completion_body("def f():\n", "    return 1\n```\nmore", Language::Python),
             "    return 1"

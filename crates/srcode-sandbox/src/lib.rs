@@ -645,12 +645,11 @@ impl Sandbox {
                 } else {
                     libc::CLONE_NEWNET
                 };
-                if libc::unshare(ns) != 0 {
-                    if libc::unshare(libc::CLONE_NEWUSER | ns) != 0 {
-                        if !plan.allow_network || plan.mount_fallback {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
+                if libc::unshare(ns) != 0
+                    && libc::unshare(libc::CLONE_NEWUSER | ns) != 0
+                    && (!plan.allow_network || plan.mount_fallback)
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 if plan.mount_fallback {
                     mount_readonly(&dir_c, &mounts)?;
@@ -786,7 +785,7 @@ impl Sandbox {
                 let wd = Workdir::new(&[("main.c", source.as_bytes())], plan.root)?;
                 let mut cl = self.limits;
                 cl.cpu_seconds = cl.cpu_seconds.max(1) * 4;
-                cl.wall = cl.wall * 4;
+                cl.wall *= 4;
                 cl.memory_bytes = cl.memory_bytes.max(1 << 30);
                 cl.processes = cl.processes.max(16);
                 cl.file_bytes = cl.file_bytes.max(64 << 20);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod data_cmd;
+mod eval_cmd;
 mod generate;
 mod home;
 mod model_cmd;
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
 /// and token-level-reward RL, and evaluates both security and functionality. This build has the
 /// model runtime (fetching the default model, inspecting models, generating, benchmarks), the
 /// vulnerability analyser (`scan`), token-level rewards (`reward`), the Vul2Safe dataset
-/// builder (`data`) and supervised fine-tuning (`train sft`).
+/// builder (`data`), training (`train sft`, `train rl`), evaluation (`eval`) and the
+/// sandbox for generated code (`sandbox`).
 #[derive(Parser)]
 #[command(name = "srcode", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -58,6 +60,12 @@ enum Command {
     /// self-reflecting teacher (ingest, repair, implicit prompts; resumable).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Evaluate a model (local or an OpenAI-compatible endpoint) on security and functionality
+    /// benchmarks: vulnerable rate, pass@k, func-sec@k; resumable, with HTML reports.
+    ///
+    /// `srcode eval --bench sven`, `srcode eval --bench humaneval-pro`, and
+    /// `srcode eval compare RUN_A RUN_B ...` to lay runs side by side.
+    Eval(eval_cmd::EvalArgs),
     /// Run untrusted C or Python code isolated, with a JSON verdict.
     #[command(subcommand)]
     Sandbox(sandbox_cmd::SandboxCommand),
@@ -90,6 +98,7 @@ fn main() {
         Command::Data(c) => data_cmd::run(c),
         Command::Train(c) => train_cmd::run(c).map(|()| 0),
         Command::Sandbox(c) => sandbox_cmd::run(c),
+        Command::Eval(a) => eval_cmd::run(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),
