@@ -70,3 +70,13 @@ echo; echo "== RL: GRPO with token-level rewards, from the SFT adapter"
 $srcode train rl --data "$out/data/primevul_plus.jsonl" --init "$out/sft/final" \
   --config configs/quickstart.toml --out "$out/rl"
 echo; echo "runs: $out/data (PrimeVul+ and card.md), $out/sft, $out/rl (metrics.jsonl, final/)"
+
+echo; echo "== Evaluation of the base model: CWEval-style tasks (functional + security tests in the sandbox)"
+$srcode eval --bench cweval --data examples/eval/cweval-mini.jsonl --n 2 --max-new-tokens 192 \
+  --out "$out/eval/cweval"
+if [ -d ../shared/data/sven/eval ] || [ -n "${SRCODE_SHARED_DATA:-}" ]; then
+  echo; echo "== Evaluation of the base model: 6 SVEN scenarios"
+  $srcode eval --bench sven --limit 6 --n 2 --max-new-tokens 128 --out "$out/eval/sven"
+else
+  echo "note: ../shared/data is absent; the SVEN evaluation step is skipped"
+fi

@@ -564,3 +564,95 @@ pub fn compare_html(runs: &[CompareRun], bench: &str, iters: usize) -> String {
     h.push_str("</body></html>\n");
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Mode;
+    use crate::gen::GenSettings;
+    use srcode_core::{Finding, Language, Severity};
+
+    fn sample(task: usize, index: usize, vulnerable: bool) -> Sample {
+        let code = "strcpy(b, s);\n".to_string();
+        let findings = if vulnerable {
+            vec![Finding {
+                rule_id: "c.strcpy".into(),
+                cwe: Some(srcode_core::Cwe(787)),
+                severity: Severity::High,
+                message: "unbounded <copy>".into(),
+                file: String::new(),
+                byte_start: 0,
+                byte_end: 12,
+                line: 1,
+                column: 1,
+                end_line: 1,
+                end_column: 13,
+                tool: "srcode".into(),
+            }]
+        } else {
+            Vec::new()
+        };
+        Sample {
+            task_id: format!("t{task:02}"),
+            index,
+            language: Language::C,
+            cwe: Some(srcode_core::Cwe(787)),
+            mode: Mode::Complete,
+            completion: code.clone(),
+            code,
+            model_start: 0,
+            findings,
+            ignored_findings: 0,
+            parses: true,
+            refusal: false,
+            tokens: 5,
+            finish: "stop".into(),
+            tests: None,
+            security_tests: None,
+            error: None,
+        }
+    }
+
+    fn run(name: &str, vulnerable_every: usize) -> CompareRun {
+        let samples: Vec<Sample> = (0..30)
+            .flat_map(|t| (0..2).map(move |i| sample(t, i, (t * 2 + i) % vulnerable_every == 0)))
+            .collect();
+        CompareRun {
+            name: name.into(),
+            spec: EvalSpec {
+                bench: "sven".into(),
+                data: "d".into(),
+                model: name.into(),
+                mode: None,
+                gen: GenSettings::default(),
+                tasks_digest: String::new(),
+                tasks: 30,
+            },
+            metrics: Metrics::compute(&samples),
+            samples,
+        }
+    }
+
+    #[test]
+    fn comparisons_show_each_runs_difference_with_an_interval() {
+        let runs = [run("base", 1), run("rl-token", 4)];
+        let d = diffs(&runs, 500);
+        let v = d["vulnerable_rate"][0].as_ref().unwrap();
+        assert!(
+            (v.a - 1.0).abs() < 1e-12 && (v.b - 0.25).abs() < 1e-12,
+            "{v:?}"
+        );
+        assert!(v.hi < 0.0, "{v:?}");
+        let md = compare_markdown(&runs, "sven", 500);
+        assert!(md.contains("| vulnerable rate | 100.0% | 25.0% |"), "{md}");
+        assert!(md.contains("-75.0 pts"), "{md}");
+        let html = compare_html(&runs, "sven", 500);
+        assert!(html.contains("class=\"good\"") && html.contains("<svg"));
+        // Findings are marked and escaped in the sample view.
+        let h = code_html(&runs[0].samples[0]);
+        assert!(
+            h.contains("<mark title=\"c.strcpy: unbounded &lt;copy&gt;\">strcpy(b, s)</mark>"),
+            "{h}"
+        );
+    }
+}
