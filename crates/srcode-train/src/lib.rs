@@ -8,6 +8,7 @@ pub mod algo;
 pub mod checkpoint;
 pub mod error;
 pub mod grad;
+pub mod report;
 pub mod rl;
 pub mod score;
 pub mod sft;

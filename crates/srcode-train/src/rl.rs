@@ -90,7 +90,12 @@ pub struct RlConfig {
     /// GRPO: weight of the per-token terms and their discount (0: each on its own token).
     pub token_weight: f32,
     pub token_gamma: f32,
+    /// Entropy bonus: the loss gets `−entropy_coef · H` (sampled estimate; 0: off).
+    pub entropy_coef: f32,
     pub save_every: usize,
+    /// Every this many steps, `samples/step-NNNN.jsonl` gets each rollout's text, token ids,
+    /// token rewards, instance reward and per-token KL (0: never).
+    pub sample_every: usize,
     pub seed: u64,
 }
 
@@ -124,7 +129,9 @@ impl Default for RlConfig {
             scale_by_std: true,
             token_weight: 1.0,
             token_gamma: 0.0,
+            entropy_coef: 0.0,
             save_every: 5,
+            sample_every: 5,
             seed: 0,
         }
     }
@@ -156,6 +163,9 @@ impl RlConfig {
         }
         if !((0.0..=1.0).contains(&self.gamma) && (0.0..=1.0).contains(&self.lambda)) {
             return bad("gamma and lambda must be in [0, 1]");
+        }
+        if !(self.entropy_coef.is_finite() && self.entropy_coef >= 0.0) {
+            return bad("entropy_coef must be ≥ 0");
         }
         Ok(())
     }
@@ -300,6 +310,10 @@ pub struct RlMetrics {
     pub policy_loss: f32,
     pub value_loss: f32,
     pub clip_fraction: f32,
+    /// Mean per-token entropy of the rollouts, estimated from the sampled tokens
+    /// (−mean log π(x_t) under the policy that sampled them).
+    #[serde(default)]
+    pub entropy: f32,
     pub response_length: f32,
     pub grad_norm: f64,
     pub seconds: f64,
@@ -433,7 +447,7 @@ impl Trainer<'_> {
         }
         report.steps = start;
         for step in start..cfg.steps {
-            let m = self.step(step, head.as_ref(), &params, &mut opt, &mut kl_ctl)?;
+            let m = self.step(dir, step, head.as_ref(), &params, &mut opt, &mut kl_ctl)?;
             checkpoint::append_line(&metrics_path, &m)?;
             on_step(&m);
             report.metrics.push(m);
@@ -460,8 +474,44 @@ impl Trainer<'_> {
         Ok(report)
     }
 
+    /// Writes `samples/step-NNNN.jsonl` (through a temporary file).
+    fn dump_samples(
+        &self,
+        dir: &Path,
+        step: usize,
+        owners: &[usize],
+        gens: &[srcode_lm::generate::Generation],
+        scores: &[Scored],
+        token_kl: &[Vec<f32>],
+    ) -> Result<()> {
+        let sdir = dir.join("samples");
+        std::fs::create_dir_all(&sdir).map_err(io(&sdir))?;
+        let mut buf = String::new();
+        for (i, g) in gens.iter().enumerate() {
+            let s = &scores[i];
+            let line = serde_json::json!({
+                "step": step,
+                "prompt": owners[i],
+                "text": self.tokenizer.decode(&g.token_ids, true).unwrap_or_default(),
+                "token_ids": g.token_ids,
+                "token_rewards": s.token,
+                "instance_reward": s.instance,
+                "flagged": s.flagged,
+                "kl": token_kl.get(i),
+            });
+            buf.push_str(&line.to_string());
+            buf.push('\n');
+        }
+        let path = sdir.join(format!("step-{step:04}.jsonl"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, buf)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(io(&path))
+    }
+
     fn step(
         &self,
+        dir: &Path,
         step: usize,
         head: Option<&ValueHead>,
         params: &[(String, Var)],
@@ -660,6 +710,9 @@ impl Trainer<'_> {
                             if cfg.algorithm == Algorithm::Grpo && beta > 0.0 {
                                 c += beta * algo::kl(lpt, r.ref_lp[t], KlEstimator::K3).1;
                             }
+                            if cfg.entropy_coef > 0.0 {
+                                c += algo::entropy_bonus_coef(lpt, cfg.entropy_coef);
+                            }
                             coef[k * n + j] = c * scale;
                             if let Some(vh) = &v_host {
                                 let vl = algo::clipped_value_loss(
@@ -700,6 +753,11 @@ impl Trainer<'_> {
         let (reward_mean, reward_std) = mean_std(&totals);
         let n = rollouts.len().max(1) as f32;
         let gen_tokens: usize = rollouts.iter().map(Rollout::resp_len).sum();
+        let entropy =
+            -rollouts.iter().flat_map(|r| &r.old_lp).sum::<f32>() / gen_tokens.max(1) as f32;
+        if cfg.sample_every > 0 && (step + 1) % cfg.sample_every == 0 {
+            self.dump_samples(dir, step + 1, &owners, &gens, &scores, &token_kl)?;
+        }
         let secs = t0.elapsed().as_secs_f64();
         Ok(RlMetrics {
             step: step + 1,
@@ -717,6 +775,7 @@ impl Trainer<'_> {
             policy_loss: (pl_sum / counted.max(1) as f64) as f32,
             value_loss: (vl_sum / counted.max(1) as f64) as f32,
             clip_fraction: clipped as f32 / counted.max(1) as f32,
+            entropy,
             response_length: gen_tokens as f32 / n,
             grad_norm,
             seconds: secs,

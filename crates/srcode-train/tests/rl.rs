@@ -204,6 +204,8 @@ fn a_paused_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
         lr: 1e-2,
         kl_target: Some(0.5),
         save_every: 10,
+        sample_every: 2,
+        entropy_coef: 0.01,
         ..RlConfig::default()
     };
     let run = |policy: &Llama, out: &std::path::Path, pause: Option<usize>| {
@@ -238,6 +240,7 @@ fn a_paused_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
             (x.kl_coef, y.kl_coef),
             (x.policy_loss, y.policy_loss),
             (x.value_loss, y.value_loss),
+            (x.entropy, y.entropy),
         ] {
             assert!(
                 (u - v).abs() <= 1e-5 * u.abs().max(1.0),
@@ -245,5 +248,44 @@ fn a_paused_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
                 x.step
             );
         }
+        assert!(x.entropy > 0.0, "{x:?}");
     }
+    // Sample dumps every 2 steps: each rollout with one reward and one KL per token.
+    for step in [2, 4] {
+        let p = whole.join("samples").join(format!("step-{step:04}.jsonl"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 8, "{}", p.display());
+        for l in &lines {
+            let n = l["token_ids"].as_array().unwrap().len();
+            assert_eq!(l["token_rewards"].as_array().unwrap().len(), n);
+            assert_eq!(l["kl"].as_array().unwrap().len(), n);
+        }
+        // The dumped rewards are the scorer's, token by token (−1 on token 5).
+        for l in &lines {
+            for (id, r) in l["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(l["token_rewards"].as_array().unwrap())
+            {
+                let want = if id.as_u64() == Some(5) { -1.0 } else { 0.0 };
+                assert_eq!(r.as_f64(), Some(want));
+            }
+            assert_eq!(
+                l["flagged"].as_bool(),
+                Some(
+                    l["token_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|i| i.as_u64() == Some(5))
+                )
+            );
+        }
+    }
+    assert!(!whole.join("samples").join("step-0001.jsonl").exists());
 }

@@ -21,6 +21,53 @@ pub enum TrainCommand {
     /// the analyser and the prompt's repair pair, KL to the frozen starting model. Resumes from
     /// the run's checkpoint.
     Rl(RlArgs),
+    /// Draw RL runs' metrics over their steps in one HTML page (flagged share of rollouts,
+    /// reward, KL, entropy, length, s/step): e.g. the token- and instance-level runs of the
+    /// granularity ablation side by side.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// RL run directories (each with metrics.jsonl).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// Reads an RL run's metrics.jsonl.
+fn read_rl_metrics(dir: &Path) -> Result<Vec<srcode_train::rl::RlMetrics>> {
+    let p = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not an RL metrics line", p.display(), i + 1))
+        })
+        .collect()
+}
+
+fn run_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let mut runs = Vec::new();
+    for d in &a.runs {
+        runs.push((run_name(d), read_rl_metrics(d)?));
+    }
+    let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    let html = srcode_train::report::rl_html(&format!("RL runs: {}", names.join(" vs ")), &runs);
+    std::fs::write(&a.out, html).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -146,6 +193,7 @@ pub fn run(c: TrainCommand) -> Result<()> {
     match c {
         TrainCommand::Sft(a) => run_sft(a),
         TrainCommand::Rl(a) => run_rl(a),
+        TrainCommand::Plot(a) => plot(a),
     }
 }
 
@@ -274,6 +322,17 @@ fn run_sft(a: SftArgs) -> Result<()> {
     if let Some(from) = report.resumed_from {
         eprintln!("resumed from step {from}");
     }
+    let report_path = a.out.join("report.html");
+    let all = read_rl_metrics(&a.out)?;
+    std::fs::write(
+        &report_path,
+        srcode_train::report::rl_html(
+            &format!("RL run {}", run_name(&a.out)),
+            &[(run_name(&a.out), all)],
+        ),
+    )
+    .with_context(|| format!("writing {}", report_path.display()))?;
+    eprintln!("report: {}", report_path.display());
     let fmt = |x: Option<f32>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     eprintln!(
         "step {}/{}: train loss {} → {}; eval loss {} → {}",
@@ -466,10 +525,11 @@ fn run_rl(a: RlArgs) -> Result<()> {
     let on_step = |m: &srcode_train::rl::RlMetrics| {
         bar.set_position(m.step as u64);
         bar.set_message(format!(
-            "reward {:+.3} flagged {:.0}% kl {:.3} {:.0} s/step",
+            "reward {:+.3} flagged {:.0}% kl {:.3} entropy {:.2} {:.0} s/step",
             m.reward_mean,
             100.0 * m.flagged_rate,
             m.kl,
+            m.entropy,
             m.seconds
         ));
     };
@@ -480,6 +540,17 @@ fn run_rl(a: RlArgs) -> Result<()> {
     if let Some(from) = report.resumed_from {
         eprintln!("resumed from step {from}");
     }
+    let report_path = a.out.join("report.html");
+    let all = read_rl_metrics(&a.out)?;
+    std::fs::write(
+        &report_path,
+        srcode_train::report::rl_html(
+            &format!("RL run {}", run_name(&a.out)),
+            &[(run_name(&a.out), all)],
+        ),
+    )
+    .with_context(|| format!("writing {}", report_path.display()))?;
+    eprintln!("report: {}", report_path.display());
     if let (Some(f), Some(l)) = (report.metrics.first(), report.metrics.last()) {
         eprintln!(
             "steps {}..{}: reward {:+.3} → {:+.3}, flagged rollouts {:.0}% → {:.0}%, {:.0} s/step",
