@@ -133,6 +133,14 @@ fn run_eval(a: RunArgs) -> Result<()> {
         bail!("--bench is required (sven, humaneval-pro, cyberseceval-instruct, cyberseceval-autocomplete, securityeval, cweval, jsonl), or use `srcode eval compare`");
     };
     let kind: BenchKind = bench_name.parse()?;
+    let gen_settings = GenSettings {
+        n: a.n,
+        temperature: a.temperature,
+        top_p: (a.top_p < 1.0).then_some(a.top_p),
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+    };
+    gen_settings.validate()?;
     let data = match (&a.data, kind.shared_path()) {
         (Some(d), _) => d.clone(),
         (None, Some(rel)) => shared_data_dir().join(rel),
@@ -159,14 +167,6 @@ fn run_eval(a: RunArgs) -> Result<()> {
     if !(a.test_timeout > 0.0 && a.test_timeout.is_finite()) {
         bail!("--test-timeout must be a positive number of seconds");
     }
-    let gen_settings = GenSettings {
-        n: a.n,
-        temperature: a.temperature,
-        top_p: (a.top_p < 1.0).then_some(a.top_p),
-        max_new_tokens: a.max_new_tokens,
-        seed: a.seed,
-    };
-    gen_settings.validate()?;
     // The run's default name, the directory, then the generator (an endpoint's cache lives
     // in the directory).
     let model_path = match &a.base_url {
@@ -361,14 +361,15 @@ fn compare(c: CompareArgs) -> Result<()> {
         .with_context(|| format!("parsing {}", spec_path.display()))?;
         let samples = srcode_eval::run::read_samples(&dir.join("samples.jsonl"))?;
         let metrics = srcode_eval::Metrics::compute(&samples);
-        let name = if PathBuf::from(r).join("samples.jsonl").is_file() {
-            dir.components()
-                .rev()
-                .nth(2)
-                .map_or(r.clone(), |x| x.as_os_str().to_string_lossy().into_owned())
-        } else {
-            r.clone()
-        };
+        // runs/NAME/eval/BENCH is called NAME; any other directory by its own name.
+        let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = match dir.parent() {
+            Some(parent) if file_name(parent).as_deref() == Some("eval") => {
+                parent.parent().and_then(file_name)
+            }
+            _ => file_name(&dir),
+        }
+        .unwrap_or_else(|| r.clone());
         runs.push(CompareRun {
             name,
             spec,
