@@ -314,7 +314,12 @@ fn load_humaneval_pro(path: &Path) -> Result<Loaded> {
             _ => at.clone(),
         };
         let support = format!("{}{}", raw_p, raw_s);
-        let prompt = format!("{}\n\n{}", support.trim_end(), new_p.trim_start());
+        // The new problem ends with its signature; the body's indentation is part of the prompt
+        // so that a completion model starts the body rather than closing the code.
+        let mut prompt = format!("{}\n\n{}", support.trim_end(), new_p.trim_start());
+        if prompt.trim_end().ends_with(':') {
+            prompt = format!("{}\n    ", prompt.trim_end());
+        }
         out.tasks.push(Task {
             id: format!("{id:0>4}"),
             language: Language::Python,

@@ -121,6 +121,10 @@ pub struct LocalGenerator {
     id: String,
     /// Rows decoded together.
     pub batch_rows: usize,
+    /// Completion tasks go through the chat template: the user asks for the code to be
+    /// completed and the assistant's answer is pre-filled with an opened code fence and the
+    /// code prefix, so a chat-tuned model continues the code instead of closing it.
+    pub chat_prefill: bool,
 }
 
 impl LocalGenerator {
@@ -129,6 +133,7 @@ impl LocalGenerator {
             lm: Mutex::new(lm),
             id,
             batch_rows: batch_rows.max(1),
+            chat_prefill: false,
         }
     }
 }
@@ -155,6 +160,20 @@ impl Generator for LocalGenerator {
         let mut rows: Vec<Row> = Vec::new();
         for (ti, t) in tasks.iter().enumerate() {
             let ids = match t.mode {
+                Mode::Complete if self.chat_prefill => {
+                    let lang = t.language.name();
+                    let ask = format!(
+                        "Complete the following {lang} code.\n```{lang}\n{}\n```",
+                        t.prompt.trim_end()
+                    );
+                    lm.chat
+                        .render(&[ChatMessage::new("user", &ask)], true)
+                        .map_err(EvalError::from)
+                        .and_then(|head| {
+                            let text = format!("{head}```{lang}\n{}", t.prompt);
+                            lm.tokenizer.encode(&text, false).map_err(EvalError::from)
+                        })
+                }
                 Mode::Complete => lm
                     .tokenizer
                     .encode(&t.prompt, false)

@@ -624,6 +624,7 @@ mod tests {
                 data: "d".into(),
                 model: name.into(),
                 mode: None,
+                chat_prefill: false,
                 gen: GenSettings::default(),
                 tasks_digest: String::new(),
                 tasks: 30,

@@ -26,6 +26,9 @@ pub struct EvalSpec {
     pub model: String,
     /// `Some(Instruct)` asks completion tasks as instructions.
     pub mode: Option<Mode>,
+    /// Completion tasks asked through the chat template with a pre-filled answer (local model).
+    #[serde(default)]
+    pub chat_prefill: bool,
     pub gen: GenSettings,
     /// Digest of the tasks' ids and prompts (a changed benchmark file starts afresh).
     pub tasks_digest: String,

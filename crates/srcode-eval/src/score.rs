@@ -159,8 +159,13 @@ fn brace_depth(code: &[u8], mut depth: i64, stop_at_zero: bool) -> (i64, Option<
 pub fn completion_body(prefix: &str, completion: &str, lang: Language) -> String {
     let mut body = completion;
     // A chat-tuned model may open a fence instead of continuing the code: take what is inside.
+    // A bare fence first closes the code: the model wrote nothing more.
     let lead = body.trim_start_matches([' ', '\t', '\n']);
-    if lead.starts_with("```") {
+    if let Some(rest) = lead.strip_prefix("```") {
+        let tag = rest.split('\n').next().unwrap_or("").trim();
+        if tag.is_empty() {
+            return String::new();
+        }
         body = lead.find('\n').map_or("", |nl| &lead[nl + 1..]);
         if let Some(p) = body.find("```") {
             body = &body[..p];
@@ -170,6 +175,11 @@ pub fn completion_body(prefix: &str, completion: &str, lang: Language) -> String
         body = &body[..p];
     }
     match lang {
+        // The prompt already indents the first line: spaces the model adds there would break
+        // the block's indentation.
+        Language::Python if prefix.ends_with([' ', '\t']) => {
+            body.trim_start_matches([' ', '\t']).to_string()
+        }
         Language::Python => body.to_string(),
         _ => {
             let (depth, _) = brace_depth(prefix.as_bytes(), 0, false);
@@ -363,6 +373,18 @@ mod tests {
                 Language::Python
             ),
             "    return 2\n"
+        );
+        assert_eq!(
+            completion_body(
+                "def f():\n",
+                "```\n\nThis function returns 2.",
+                Language::Python
+            ),
+            ""
+        );
+        assert_eq!(
+            completion_body("def f():\n    ", " x = 1\n    return x\n", Language::Python),
+            "x = 1\n    return x\n"
         );
         assert_eq!(
             completion_body("def f():\n", "    return 1\n```\nmore", Language::Python),

@@ -164,6 +164,7 @@ fn an_evaluation_of_the_real_model_resumes_after_a_kill() {
         data: sven.display().to_string(),
         model: "local:test".into(),
         mode: None,
+        chat_prefill: false,
         gen: GenSettings {
             n: 2,
             temperature: 0.8,

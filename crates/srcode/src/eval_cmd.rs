@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// Ask completion tasks as chat instructions (always so for endpoints).
     #[arg(long)]
     pub instruct: bool,
+    /// Local model: continue completion tasks inside the chat template, with the answer
+    /// pre-filled with an opened code fence and the code prefix (for chat-tuned models, which
+    /// tend to close a raw code prefix instead of continuing it).
+    #[arg(long, conflicts_with = "instruct")]
+    pub chat_prefill: bool,
     /// Samples per task.
     #[arg(long, default_value_t = 4)]
     pub n: usize,
@@ -218,7 +223,9 @@ fn run_eval(a: RunArgs) -> Result<()> {
                     .map(|w| format!(":{w}"))
                     .unwrap_or_default()
             );
-            Box::new(LocalGenerator::new(lm, id, a.batch))
+            let mut g = LocalGenerator::new(lm, id, a.batch);
+            g.chat_prefill = a.chat_prefill;
+            Box::new(g)
         }
         (None, None) => bail!("no model to evaluate"),
     };
@@ -227,6 +234,7 @@ fn run_eval(a: RunArgs) -> Result<()> {
         data: data.display().to_string(),
         model: generator.id().to_string(),
         mode: a.instruct.then_some(Mode::Instruct),
+        chat_prefill: a.chat_prefill && a.base_url.is_none(),
         gen: gen_settings,
         tasks_digest: EvalSpec::digest(&tasks),
         tasks: tasks.len(),

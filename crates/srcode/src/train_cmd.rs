@@ -322,17 +322,6 @@ fn run_sft(a: SftArgs) -> Result<()> {
     if let Some(from) = report.resumed_from {
         eprintln!("resumed from step {from}");
     }
-    let report_path = a.out.join("report.html");
-    let all = read_rl_metrics(&a.out)?;
-    std::fs::write(
-        &report_path,
-        srcode_train::report::rl_html(
-            &format!("RL run {}", run_name(&a.out)),
-            &[(run_name(&a.out), all)],
-        ),
-    )
-    .with_context(|| format!("writing {}", report_path.display()))?;
-    eprintln!("report: {}", report_path.display());
     let fmt = |x: Option<f32>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
     eprintln!(
         "step {}/{}: train loss {} → {}; eval loss {} → {}",

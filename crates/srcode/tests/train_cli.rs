@@ -176,6 +176,26 @@ fn an_rl_step_on_the_default_model_writes_metrics_and_an_adapter() {
     assert!(m["kl"].as_f64().unwrap().abs() < 1e-3, "{m}");
     assert!(m["response_length"].as_f64().unwrap() > 0.0);
     assert!(out.join("final/adapter_model.safetensors").is_file());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<polyline") && html.contains("analyser-flagged"));
+    // Two runs' curves in one page.
+    let page = dir.path().join("curves.html");
+    let r = srcode()
+        .args(["train", "plot"])
+        .arg(&out)
+        .arg(&out)
+        .arg("--out")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&page)
+            .unwrap()
+            .matches("<polyline")
+            .count(),
+        16
+    );
 
     let r = srcode()
         .args(["train", "rl", "--algorithm", "dpo", "--dry-run", "--data"])
