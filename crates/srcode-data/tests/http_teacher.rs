@@ -287,3 +287,65 @@ fn a_build_survives_the_server_being_killed_and_resumes_when_it_is_back() {
     assert_eq!(report.teacher_calls, 0);
     drop(server);
 }
+
+/// `srcode eval` against the endpoint: the evaluation's generator is this same client (through
+/// its response cache); samples come back, their tests run in the sandbox, and a second run
+/// resumes without asking the server again.
+#[test]
+fn an_endpoint_is_evaluated_on_cweval_style_tasks() {
+    let Some((py, gguf)) = setup() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&py, &gguf, free_port(), dir.path().join("server.log"));
+    let tasks = srcode_eval::load(
+        srcode_eval::BenchKind::Cweval,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/eval/cweval-mini.jsonl"),
+    )
+    .unwrap()
+    .tasks;
+    let cache = srcode_data::cache::ResponseCache::open(&dir.path().join("cache.sqlite")).unwrap();
+    let generator = srcode_eval::HttpGenerator::new(teacher(server.base_url()), cache, 2);
+    let scorer = srcode_eval::Scorer::new(
+        srcode_scan::Scanner::builtin().unwrap(),
+        srcode_sandbox::Sandbox::default(),
+    );
+    let spec = srcode_eval::EvalSpec {
+        bench: "cweval".into(),
+        data: "examples/eval/cweval-mini.jsonl".into(),
+        model: srcode_eval::Generator::id(&generator).to_string(),
+        mode: None,
+        chat_prefill: false,
+        gen: srcode_eval::GenSettings {
+            n: 2,
+            temperature: 0.7,
+            top_p: Some(0.95),
+            max_new_tokens: 96,
+            seed: 0,
+        },
+        tasks_digest: srcode_eval::EvalSpec::digest(&tasks),
+        tasks: tasks.len(),
+    };
+    let out = dir.path().join("eval");
+    let first =
+        srcode_eval::evaluate(&tasks, &generator, &scorer, &spec, &out, 2, &mut |_, _| {}).unwrap();
+    assert!(spec.model.starts_with("openai:smollm2@"), "{}", spec.model);
+    assert_eq!(first.samples.len(), 10);
+    assert!(
+        first.samples.iter().all(|s| s.error.is_none()),
+        "{:?}",
+        first.samples[0].error
+    );
+    assert!(first.samples.iter().all(|s| !s.completion.is_empty()));
+    // Every sample's tests ran (passing or not), none was left unrun.
+    assert!(first
+        .samples
+        .iter()
+        .all(|s| s.tests.as_ref().is_some_and(|t| t.status != "not_run")));
+    assert!(first.metrics.pass_at.contains_key("pass@1"));
+    assert!(first.metrics.func_sec_at.contains_key("func-sec@1"));
+    drop(server);
+    // The server is gone: the same evaluation resumes from its directory.
+    let again =
+        srcode_eval::evaluate(&tasks, &generator, &scorer, &spec, &out, 2, &mut |_, _| {}).unwrap();
+    assert_eq!((again.resumed_tasks, again.new_tasks), (5, 0));
+    assert_eq!(again.metrics, first.metrics);
+}
