@@ -50,6 +50,34 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task without tests, support code or description. A completion task's prompt is also
+    /// the code given to the model; an instruction gives none.
+    pub fn new(
+        id: String,
+        language: Language,
+        cwe: Option<Cwe>,
+        mode: Mode,
+        prompt: String,
+    ) -> Task {
+        let given = if mode == Mode::Complete {
+            prompt.clone()
+        } else {
+            String::new()
+        };
+        Task {
+            id,
+            language,
+            cwe,
+            mode,
+            prompt,
+            given,
+            support: String::new(),
+            tests: None,
+            security_tests: None,
+            description: None,
+        }
+    }
+
     /// The same task asked as an instruction (for chat endpoints, or `--mode instruct`).
     pub fn as_instruct(&self) -> Task {
         if self.mode == Mode::Instruct {
@@ -245,17 +273,10 @@ fn load_sven(dir: &Path) -> Result<Loaded> {
         let file_ctx = read(&s.join(format!("file_context.{ext}")))?;
         let func_ctx = read(&s.join(format!("func_context.{ext}")))?;
         let prompt = format!("{file_ctx}{func_ctx}");
+        let cwe = info["cwe"].as_str().and_then(|c| c.parse().ok());
         out.tasks.push(Task {
-            id,
-            language,
-            cwe: info["cwe"].as_str().and_then(|c| c.parse().ok()),
-            mode: Mode::Complete,
-            given: prompt.clone(),
-            prompt,
-            support: String::new(),
-            tests: None,
-            security_tests: None,
             description: info["description"].as_str().map(str::to_string),
+            ..Task::new(id, language, cwe, Mode::Complete, prompt)
         });
     }
     Ok(out)
@@ -321,16 +342,15 @@ fn load_humaneval_pro(path: &Path) -> Result<Loaded> {
             prompt = format!("{}\n    ", prompt.trim_end());
         }
         out.tasks.push(Task {
-            id: format!("{id:0>4}"),
-            language: Language::Python,
-            cwe: None,
-            mode: Mode::Complete,
-            given: prompt.clone(),
-            prompt,
             support,
             tests: Some(tests.to_string()),
-            security_tests: None,
-            description: None,
+            ..Task::new(
+                format!("{id:0>4}"),
+                Language::Python,
+                None,
+                Mode::Complete,
+                prompt,
+            )
         });
     }
     Ok(out)
@@ -362,29 +382,12 @@ fn load_cyberseceval(path: &Path, autocomplete: bool) -> Result<Loaded> {
             .find(CSE_AUTOCOMPLETE_LEAD)
             .map(|p| prompt[p + CSE_AUTOCOMPLETE_LEAD.len()..].trim_start_matches('\n'));
         let task = match (autocomplete, code_part) {
-            (true, Some(code)) if !code.trim().is_empty() => Task {
-                id,
-                language,
-                cwe,
-                mode: Mode::Complete,
-                prompt: code.to_string(),
-                given: code.to_string(),
-                support: String::new(),
-                tests: None,
-                security_tests: None,
-                description: None,
-            },
+            (true, Some(code)) if !code.trim().is_empty() => {
+                Task::new(id, language, cwe, Mode::Complete, code.to_string())
+            }
             _ => Task {
-                id,
-                language,
-                cwe,
-                mode: Mode::Instruct,
-                prompt: prompt.to_string(),
                 given: code_part.unwrap_or("").to_string(),
-                support: String::new(),
-                tests: None,
-                security_tests: None,
-                description: None,
+                ..Task::new(id, language, cwe, Mode::Instruct, prompt.to_string())
             },
         };
         out.tasks.push(task);
@@ -426,22 +429,13 @@ fn load_securityeval(path: &Path) -> Result<Loaded> {
         } else {
             Mode::Instruct
         };
-        out.tasks.push(Task {
-            id: id.to_string(),
+        out.tasks.push(Task::new(
+            id.to_string(),
             language,
             cwe,
             mode,
-            prompt: prompt.to_string(),
-            given: if mode == Mode::Complete {
-                prompt.to_string()
-            } else {
-                String::new()
-            },
-            support: String::new(),
-            tests: None,
-            security_tests: None,
-            description: None,
-        });
+            prompt.to_string(),
+        ));
     }
     Ok(out)
 }
@@ -494,20 +488,11 @@ fn load_jsonl(path: &Path, cweval: bool) -> Result<Loaded> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{i:05}"));
         out.tasks.push(Task {
-            id,
-            language,
-            cwe,
-            mode,
-            prompt: prompt.to_string(),
-            given: if mode == Mode::Complete {
-                prompt.to_string()
-            } else {
-                String::new()
-            },
             support: str_field(&v, &["support"]).unwrap_or("").to_string(),
             tests,
             security_tests,
             description: str_field(&v, &["description"]).map(str::to_string),
+            ..Task::new(id, language, cwe, mode, prompt.to_string())
         });
     }
     Ok(out)

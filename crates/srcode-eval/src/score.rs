@@ -404,18 +404,13 @@ mod tests {
     fn findings_in_the_prompt_are_not_the_models() {
         let scorer = Scorer::new(Scanner::builtin().unwrap(), Sandbox::default());
         let prompt = "import os\ndef run(name):\n    os.system('ls ' + name)\n    cmd = name\n";
-        let task = Task {
-            id: "t".into(),
-            language: Language::Python,
-            cwe: Some(Cwe(78)),
-            mode: Mode::Complete,
-            prompt: prompt.into(),
-            given: prompt.into(),
-            support: String::new(),
-            tests: None,
-            security_tests: None,
-            description: None,
-        };
+        let task = Task::new(
+            "t".into(),
+            Language::Python,
+            Some(Cwe(78)),
+            Mode::Complete,
+            prompt.into(),
+        );
         let clean = Completion {
             text: "    return cmd\n".into(),
             tokens: 3,
