@@ -67,6 +67,15 @@ pub fn read_strict<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlErro
     }
 }
 
+/// Replaces a file with `bytes` atomically: written to `<path>.tmp` beside it, then renamed, so
+/// a reader or a kill never sees half a file.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Writes records, one per line, replacing the file atomically (write to a temporary file beside
 /// it, then rename), so an interrupted write never leaves a truncated dataset.
 pub fn write_atomic<T: Serialize>(path: &Path, records: &[T]) -> Result<(), JsonlError> {

@@ -393,9 +393,7 @@ pub fn build(
 }
 
 fn write_atomic_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    srcode_core::jsonl::write_file_atomic(path, text.as_bytes()).map_err(|e| DataError::io(path, e))
 }
 
 fn cwe_name(c: Option<Cwe>) -> String {

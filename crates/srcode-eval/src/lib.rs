@@ -49,6 +49,8 @@ pub enum EvalError {
     Data(#[from] srcode_data::DataError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Jsonl(#[from] srcode_core::jsonl::JsonlError),
 }
 
 impl EvalError {

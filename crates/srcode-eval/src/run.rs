@@ -181,12 +181,7 @@ pub fn evaluate(
         .collect();
     if samples.iter().any(|s| !done.contains(&s.task_id)) {
         samples.retain(|s| done.contains(&s.task_id));
-        let mut buf = Vec::new();
-        for s in &samples {
-            serde_json::to_writer(&mut buf, s)?;
-            buf.push(b'\n');
-        }
-        write_atomic(&path, &buf)?;
+        srcode_core::jsonl::write_atomic(&path, &samples)?;
     }
     let todo: Vec<Task> = tasks
         .iter()
@@ -278,8 +273,5 @@ pub fn evaluate(
 
 /// Writes a file through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| EvalError::io(path, e))
+    srcode_core::jsonl::write_file_atomic(path, bytes).map_err(|e| EvalError::io(path, e))
 }

@@ -24,6 +24,8 @@ pub enum TrainError {
     Lm(#[from] srcode_lm::LmError),
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Jsonl(#[from] srcode_core::jsonl::JsonlError),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

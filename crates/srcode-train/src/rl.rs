@@ -474,7 +474,7 @@ impl Trainer<'_> {
         Ok(report)
     }
 
-    /// Writes `samples/step-NNNN.jsonl` (through a temporary file).
+    /// Writes `samples/step-NNNN.jsonl` (atomically).
     fn dump_samples(
         &self,
         dir: &Path,
@@ -486,27 +486,26 @@ impl Trainer<'_> {
     ) -> Result<()> {
         let sdir = dir.join("samples");
         std::fs::create_dir_all(&sdir).map_err(io(&sdir))?;
-        let mut buf = String::new();
-        for (i, g) in gens.iter().enumerate() {
-            let s = &scores[i];
-            let line = serde_json::json!({
-                "step": step,
-                "prompt": owners[i],
-                "text": self.tokenizer.decode(&g.token_ids, true).unwrap_or_default(),
-                "token_ids": g.token_ids,
-                "token_rewards": s.token,
-                "instance_reward": s.instance,
-                "flagged": s.flagged,
-                "kl": token_kl.get(i),
-            });
-            buf.push_str(&line.to_string());
-            buf.push('\n');
-        }
+        let lines: Vec<serde_json::Value> = gens
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let s = &scores[i];
+                serde_json::json!({
+                    "step": step,
+                    "prompt": owners[i],
+                    "text": self.tokenizer.decode(&g.token_ids, true).unwrap_or_default(),
+                    "token_ids": g.token_ids,
+                    "token_rewards": s.token,
+                    "instance_reward": s.instance,
+                    "flagged": s.flagged,
+                    "kl": token_kl.get(i),
+                })
+            })
+            .collect();
         let path = sdir.join(format!("step-{step:04}.jsonl"));
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, buf)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(io(&path))
+        srcode_core::jsonl::write_atomic(&path, &lines)?;
+        Ok(())
     }
 
     fn step(

@@ -40,15 +40,7 @@ pub struct PlotArgs {
 /// Reads an RL run's metrics.jsonl.
 fn read_rl_metrics(dir: &Path) -> Result<Vec<srcode_train::rl::RlMetrics>> {
     let p = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not an RL metrics line", p.display(), i + 1))
-        })
-        .collect()
+    srcode_core::jsonl::read_strict(&p).with_context(|| format!("reading {}", p.display()))
 }
 
 fn run_name(dir: &Path) -> String {
