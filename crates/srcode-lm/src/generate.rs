@@ -172,14 +172,48 @@ pub fn sample_row(
     (tok, logits[tok as usize] - lse)
 }
 
-struct Row {
+struct Row<'a> {
+    params: &'a SamplingParams,
+    max_new: usize,
     prompt_tokens: usize,
     tokens: Vec<u32>,
     logprobs: Vec<f32>,
     bytes: Vec<u8>,
+    /// Bytes of `bytes` already handed to the sink as text.
+    emitted: usize,
     stop_at: Option<usize>,
     finish: Option<FinishReason>,
     rng: rand::rngs::StdRng,
+}
+
+/// One row of a [`generate_rows`] batch: its prompt, its own sampling settings and its seed.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSpec<'a> {
+    pub prompt: &'a [u32],
+    pub params: &'a SamplingParams,
+    pub seed: u64,
+}
+
+/// What a streaming sink sees after each sampled token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent<'a> {
+    /// Index of the row in the batch.
+    pub row: usize,
+    pub token: u32,
+    pub logprob: f32,
+    /// Text that is now final: complete UTF-8, never part of a stop string. The deltas of a row
+    /// concatenate to its [`Generation::text`].
+    pub text_delta: &'a str,
+    /// Set on the row's last event.
+    pub finish: Option<FinishReason>,
+}
+
+/// What a sink tells the decoder after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkControl {
+    Continue,
+    /// Stop this row now (its reader went away); it finishes with [`FinishReason::Length`].
+    Cancel,
 }
 
 /// Generates a continuation for each prompt (token ids) in one batch. Row `i` samples with seed
@@ -202,7 +236,6 @@ pub fn generate_seeded(
     params: &SamplingParams,
     seeds: Option<&[u64]>,
 ) -> Result<(Vec<Generation>, GenerationStats)> {
-    params.validate()?;
     if let Some(s) = seeds {
         if s.len() != prompts.len() {
             return Err(LmError::InvalidArgument(format!(
@@ -212,54 +245,89 @@ pub fn generate_seeded(
             )));
         }
     }
-    if prompts.is_empty() {
+    let specs: Vec<RowSpec<'_>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| RowSpec {
+            prompt: p,
+            params,
+            seed: seeds.map_or(params.seed.wrapping_add(i as u64), |s| s[i]),
+        })
+        .collect();
+    generate_rows(model, tok, &specs, &mut |_| SinkControl::Continue)
+}
+
+/// The batched decoder behind [`generate`]: every row has its own prompt, sampling settings,
+/// stop conditions and seed (a server batches unrelated requests this way), and `sink` sees
+/// every token as it is sampled, with the text it makes final (streaming).
+pub fn generate_rows(
+    model: &Llama,
+    tok: &Tokenizer,
+    specs: &[RowSpec<'_>],
+    sink: &mut dyn FnMut(TokenEvent<'_>) -> SinkControl,
+) -> Result<(Vec<Generation>, GenerationStats)> {
+    for s in specs {
+        s.params.validate()?;
+    }
+    if specs.is_empty() {
         return Ok((Vec::new(), GenerationStats::default()));
     }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+    if let Some(i) = specs.iter().position(|s| s.prompt.is_empty()) {
         return Err(LmError::InvalidArgument(format!(
             "prompt {i} has no tokens"
         )));
     }
     let ctx = model.config().max_position_embeddings;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let longest = specs.iter().map(|s| s.prompt.len()).max().unwrap_or(0);
     if longest >= ctx {
         return Err(LmError::InvalidArgument(format!(
             "a prompt of {longest} tokens leaves no room in the model's context of {ctx}"
         )));
     }
     let vocab = model.config().vocab_size as u32;
-    if let Some(bad) = prompts.iter().flatten().find(|&&t| t >= vocab) {
+    if let Some(bad) = specs
+        .iter()
+        .flat_map(|s| s.prompt.iter())
+        .find(|&&t| t >= vocab)
+    {
         return Err(LmError::InvalidArgument(format!(
             "prompt token id {bad} is outside the vocabulary of {vocab}"
         )));
     }
-    let max_new = params.max_new_tokens.min(ctx - longest);
+    let room = ctx - longest;
     let device = model.device();
     let mut stats = GenerationStats::default();
-    let mut rows: Vec<Row> = prompts
+    let mut rows: Vec<Row<'_>> = specs
         .iter()
-        .enumerate()
-        .map(|(i, p)| Row {
-            prompt_tokens: p.len(),
+        .map(|s| Row {
+            params: s.params,
+            max_new: s.params.max_new_tokens.min(room),
+            prompt_tokens: s.prompt.len(),
             tokens: Vec::new(),
             logprobs: Vec::new(),
             bytes: Vec::new(),
+            emitted: 0,
             stop_at: None,
             finish: None,
-            rng: rand::rngs::StdRng::seed_from_u64(
-                seeds.map_or(params.seed.wrapping_add(i as u64), |s| s[i]),
-            ),
+            rng: rand::rngs::StdRng::seed_from_u64(s.seed),
         })
         .collect();
+    let max_new = rows.iter().map(|r| r.max_new).max().unwrap_or(0);
+    if max_new == 0 {
+        for r in &mut rows {
+            r.finish = Some(FinishReason::Length);
+        }
+        return Ok((finish_rows(rows), stats));
+    }
 
     // Prefill: left-pad to a common length.
-    let mut pad_left: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut ids = Vec::with_capacity(prompts.len() * longest);
-    for p in prompts {
-        ids.extend(std::iter::repeat_n(0u32, longest - p.len()));
-        ids.extend_from_slice(p);
+    let mut pad_left: Vec<usize> = specs.iter().map(|s| longest - s.prompt.len()).collect();
+    let mut ids = Vec::with_capacity(specs.len() * longest);
+    for s in specs {
+        ids.extend(std::iter::repeat_n(0u32, longest - s.prompt.len()));
+        ids.extend_from_slice(s.prompt);
     }
-    let ids = Tensor::from_vec(ids, (prompts.len(), longest), device)?;
+    let ids = Tensor::from_vec(ids, (specs.len(), longest), device)?;
     let mut cache = model.new_cache();
     let t0 = Instant::now();
     let opts = ForwardOpts {
@@ -269,49 +337,47 @@ pub fn generate_seeded(
     let hidden = model.forward_hidden(&ids, opts, Some(&mut cache))?;
     let last = hidden.narrow(1, longest - 1, 1)?;
     let mut logits = model.logits(&last)?.squeeze(1)?;
-    stats.prefill_tokens = prompts.iter().map(Vec::len).sum();
+    stats.prefill_tokens = specs.iter().map(|s| s.prompt.len()).sum();
     stats.prefill_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let mut scratch = Vec::new();
-    let mut step = 0;
     while !active.is_empty() {
         let l = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(active.len());
         for (slot, &ri) in active.iter().enumerate() {
             let row = &mut rows[ri];
-            let (t, lp) = sample_row(&l[slot], params, &mut row.rng, &mut scratch);
+            let p = row.params;
+            let (t, lp) = sample_row(&l[slot], p, &mut row.rng, &mut scratch);
             row.tokens.push(t);
             row.logprobs.push(lp);
             stats.decode_tokens += 1;
             next.push(t);
-            if params.stop_token_ids.contains(&t) {
+            if p.stop_token_ids.contains(&t) {
                 row.finish = Some(FinishReason::Stop);
-                continue;
-            }
-            if !tok.is_special(t) {
-                let before = row.bytes.len();
-                row.bytes.extend_from_slice(tok.token_bytes(t));
-                if let Some(at) = find_stop(&row.bytes, before, &params.stop) {
-                    row.stop_at = Some(at);
-                    row.finish = Some(FinishReason::Stop);
-                    continue;
+            } else {
+                if !tok.is_special(t) {
+                    let before = row.bytes.len();
+                    row.bytes.extend_from_slice(tok.token_bytes(t));
+                    if let Some(at) = find_stop(&row.bytes, before, &p.stop) {
+                        row.stop_at = Some(at);
+                        row.finish = Some(FinishReason::Stop);
+                    }
+                }
+                if row.finish.is_none() && row.tokens.len() >= row.max_new {
+                    row.finish = Some(FinishReason::Length);
                 }
             }
-            if row.tokens.len() >= max_new {
+            if emit(row, ri, t, lp, sink) == SinkControl::Cancel && row.finish.is_none() {
                 row.finish = Some(FinishReason::Length);
             }
         }
-        step += 1;
         // Drop finished rows from the batch and the cache.
         let keep: Vec<usize> = (0..active.len())
             .filter(|&s| rows[active[s]].finish.is_none())
             .collect();
-        if keep.is_empty() || step >= max_new {
-            for &ri in &active {
-                rows[ri].finish.get_or_insert(FinishReason::Length);
-            }
+        if keep.is_empty() {
             break;
         }
         if keep.len() != active.len() {
@@ -329,9 +395,60 @@ pub fn generate_seeded(
         logits = model.logits(&hidden)?.squeeze(1)?;
     }
     stats.decode_seconds = t1.elapsed().as_secs_f64();
+    Ok((finish_rows(rows), stats))
+}
 
-    let out = rows
-        .into_iter()
+/// Hands the sink the row's newly final text: up to its stop string when it stopped on one,
+/// else all but a tail that could still become a stop string, cut back to whole characters.
+fn emit(
+    row: &mut Row<'_>,
+    ri: usize,
+    token: u32,
+    logprob: f32,
+    sink: &mut dyn FnMut(TokenEvent<'_>) -> SinkControl,
+) -> SinkControl {
+    let end = match (row.stop_at, row.finish) {
+        (Some(at), _) => at,
+        (None, Some(_)) => row.bytes.len(),
+        (None, None) => row.bytes.len() - partial_stop_suffix(&row.bytes, &row.params.stop),
+    };
+    let end = end.max(row.emitted);
+    let fresh = &row.bytes[row.emitted..end];
+    let valid = match std::str::from_utf8(fresh) {
+        Ok(_) => fresh.len(),
+        // An incomplete character at the end waits for its next bytes; invalid bytes in the
+        // middle (a model can emit them) go out as U+FFFD below.
+        Err(e) if e.error_len().is_none() && row.finish.is_none() => e.valid_up_to(),
+        Err(_) => fresh.len(),
+    };
+    let delta = String::from_utf8_lossy(&fresh[..valid]);
+    row.emitted += valid;
+    sink(TokenEvent {
+        row: ri,
+        token,
+        logprob,
+        text_delta: &delta,
+        finish: row.finish,
+    })
+}
+
+/// Length of the longest suffix of `bytes` that is a proper prefix of a stop string.
+fn partial_stop_suffix(bytes: &[u8], stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        let s = s.as_bytes();
+        for k in (best + 1..s.len().min(bytes.len() + 1)).rev() {
+            if bytes.ends_with(&s[..k]) {
+                best = k;
+                break;
+            }
+        }
+    }
+    best
+}
+
+fn finish_rows(rows: Vec<Row<'_>>) -> Vec<Generation> {
+    rows.into_iter()
         .map(|r| {
             let bytes = match r.stop_at {
                 Some(at) => &r.bytes[..at],
@@ -345,8 +462,7 @@ pub fn generate_seeded(
                 prompt_tokens: r.prompt_tokens,
             }
         })
-        .collect();
-    Ok((out, stats))
+        .collect()
 }
 
 /// Byte position of the earliest stop string that ends in the newly added bytes.
@@ -370,6 +486,16 @@ fn find_stop(bytes: &[u8], new_from: usize, stops: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_stop_suffixes_are_held_back() {
+        let stops = vec!["</code>".to_string(), "\n\n".to_string()];
+        assert_eq!(partial_stop_suffix(b"x = 1</co", &stops), 4);
+        assert_eq!(partial_stop_suffix(b"x = 1\n", &stops), 1);
+        assert_eq!(partial_stop_suffix(b"x = 1", &stops), 0);
+        assert_eq!(partial_stop_suffix(b"<", &stops), 1);
+        assert_eq!(partial_stop_suffix(b"", &stops), 0);
+    }
 
     #[test]
     fn greedy_picks_argmax_and_reports_its_logprob() {

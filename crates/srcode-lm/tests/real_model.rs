@@ -271,3 +271,84 @@ fn a_saved_checkpoint_loads_as_a_hugging_face_directory() {
     let d = max_abs_diff(&la, &lb);
     assert!(d < 1e-4, "reloaded logits differ by {d}");
 }
+
+#[test]
+fn rows_with_their_own_settings_stream_the_same_text_they_return() {
+    use srcode_lm::generate::{generate_rows, RowSpec, SinkControl};
+    let Some(lm) = load(None) else { return };
+    let a = chat_prompt(&lm, "Write a C function that adds two ints.");
+    let b = chat_prompt(&lm, "Say hello.");
+    let greedy = SamplingParams {
+        max_new_tokens: 30,
+        stop: vec!["}".into()],
+        stop_token_ids: lm.tokenizer.eos_token_ids(),
+        ..Default::default()
+    };
+    let sampled = SamplingParams {
+        max_new_tokens: 7,
+        temperature: 0.8,
+        ..Default::default()
+    };
+    let specs = [
+        RowSpec {
+            prompt: &a,
+            params: &greedy,
+            seed: 0,
+        },
+        RowSpec {
+            prompt: &b,
+            params: &sampled,
+            seed: 5,
+        },
+    ];
+    let mut streamed = [String::new(), String::new()];
+    let mut finished = [0usize; 2];
+    let (gens, _) = generate_rows(&lm.model, &lm.tokenizer, &specs, &mut |ev| {
+        streamed[ev.row].push_str(ev.text_delta);
+        if ev.finish.is_some() {
+            finished[ev.row] += 1;
+        }
+        SinkControl::Continue
+    })
+    .unwrap();
+    assert_eq!(finished, [1, 1], "each row reports its end exactly once");
+    for (i, g) in gens.iter().enumerate() {
+        assert_eq!(
+            streamed[i], g.text,
+            "row {i}: streamed deltas differ from the text"
+        );
+    }
+    assert!(
+        gens[1].token_ids.len() <= 7,
+        "row 1 keeps its own token limit"
+    );
+    assert!(
+        !gens[0].text.contains('}'),
+        "row 0 stops before its stop string"
+    );
+    // A row alone gives the same greedy text as in the mixed batch.
+    let (alone, _) = generate(&lm.model, &lm.tokenizer, std::slice::from_ref(&a), &greedy).unwrap();
+    let common = alone[0]
+        .token_ids
+        .iter()
+        .zip(&gens[0].token_ids)
+        .take_while(|(x, y)| x == y)
+        .count();
+    assert!(
+        common >= 12,
+        "{:?} vs {:?}",
+        alone[0].token_ids,
+        gens[0].token_ids
+    );
+
+    // A sink that cancels a row ends it at once.
+    let (gens, _) = generate_rows(&lm.model, &lm.tokenizer, &specs[..1], &mut |ev| {
+        if ev.token > 0 && ev.row == 0 {
+            SinkControl::Cancel
+        } else {
+            SinkControl::Continue
+        }
+    })
+    .unwrap();
+    assert_eq!(gens[0].token_ids.len(), 1);
+}
