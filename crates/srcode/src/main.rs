@@ -10,6 +10,7 @@ mod model_cmd;
 mod reward_cmd;
 mod sandbox_cmd;
 mod scan_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use anyhow::Result;
@@ -27,8 +28,8 @@ use clap::{Parser, Subcommand};
 /// and token-level-reward RL, and evaluates both security and functionality. This build has the
 /// model runtime (fetching the default model, inspecting models, generating, benchmarks), the
 /// vulnerability analyser (`scan`), token-level rewards (`reward`), the Vul2Safe dataset
-/// builder (`data`), training (`train sft`, `train rl`), evaluation (`eval`) and the
-/// sandbox for generated code (`sandbox`).
+/// builder (`data`), training (`train sft`, `train rl`), evaluation (`eval`), the
+/// sandbox for generated code (`sandbox`) and the model and reward server (`serve`).
 #[derive(Parser)]
 #[command(name = "srcode", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -72,6 +73,10 @@ enum Command {
     /// SRCode training: supervised fine-tuning on PrimeVul+ (resumable).
     #[command(subcommand)]
     Train(train_cmd::TrainCommand),
+    /// Serve a local model over the OpenAI API and srcode's token-level reward to other
+    /// trainers (verl, OpenRLHF, TRL): /v1/chat/completions, /v1/completions, /v1/rewards/token,
+    /// /get_reward, /v1/scan, /health, /metrics.
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() {
@@ -99,6 +104,7 @@ fn main() {
         Command::Train(c) => train_cmd::run(c).map(|()| 0),
         Command::Sandbox(c) => sandbox_cmd::run(c),
         Command::Eval(a) => eval_cmd::run(a).map(|()| 0),
+        Command::Serve(a) => serve_cmd::run(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),
