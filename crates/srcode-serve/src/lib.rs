@@ -3,7 +3,8 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both with SSE streaming),
 //! `GET /v1/models`, `POST /v1/rewards/token` (one item or a list), `POST /get_reward`
-//! (OpenRLHF's remote reward schema), `POST /v1/scan`, `GET /health`, `GET /metrics`
+//! (OpenRLHF's remote reward schema), `POST /v1/scan`, `POST /tokenize`, `POST /detokenize`,
+//! `GET /health`, `GET /metrics`
 //! (Prometheus). Every error is JSON in the OpenAI shape with its HTTP status.
 
 pub mod error;
@@ -117,6 +118,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rewards/token", post(reward::token_rewards))
         .route("/get_reward", post(reward::openrlhf_reward))
         .route("/v1/scan", post(reward::scan))
+        .route("/tokenize", post(reward::tokenize))
+        .route("/detokenize", post(reward::detokenize))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
@@ -219,6 +222,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
         "routes": [
             "POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models",
             "POST /v1/rewards/token", "POST /get_reward", "POST /v1/scan",
+            "POST /tokenize", "POST /detokenize",
             "GET /health", "GET /metrics"
         ],
     }))

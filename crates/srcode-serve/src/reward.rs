@@ -541,3 +541,64 @@ mod tests {
         assert!(label_fields(Some(&json!(3))).is_err());
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeRequest {
+    #[serde(alias = "prompt")]
+    content: String,
+    /// Also return each token's byte range in `content`.
+    #[serde(default)]
+    with_offsets: bool,
+}
+
+/// `POST /tokenize` (llama.cpp's and vLLM's shape): the server tokenizer's ids for a text.
+pub(crate) async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: TokenizeRequest = match parse_body(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let tok = st.rewards.tokenizer();
+    match tok.encode_with_offsets(&req.content) {
+        Ok((ids, spans)) if req.with_offsets => {
+            Json(json!({"tokens": ids, "offsets": spans})).into_response()
+        }
+        Ok((ids, _)) => Json(json!({"tokens": ids})).into_response(),
+        Err(e) => ApiError::invalid("content", format!("tokenizing: {e}")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+    #[serde(default)]
+    skip_special_tokens: bool,
+}
+
+/// `POST /detokenize`: the text of token ids.
+pub(crate) async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: DetokenizeRequest = match parse_body(body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let tok = st.rewards.tokenizer();
+    let vocab = tok.vocab_size() as u32;
+    if let Some(bad) = req.tokens.iter().find(|&&t| t >= vocab) {
+        return ApiError::invalid(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary of {vocab}"),
+        )
+        .into_response();
+    }
+    match tok.decode(&req.tokens, req.skip_special_tokens) {
+        Ok(text) => Json(json!({"content": text})).into_response(),
+        Err(e) => ApiError::invalid("tokens", format!("decoding: {e}")).into_response(),
+    }
+}
