@@ -345,9 +345,10 @@ struct OpenRlhfRequest {
     labels: Vec<Value>,
 }
 
-fn label_fields(
-    label: Option<&Value>,
-) -> Result<(Option<String>, Option<Pair>, Option<String>), String> {
+/// What an OpenRLHF label may say about its sample: language, repair pair, function name.
+type LabelFields = (Option<String>, Option<Pair>, Option<String>);
+
+fn label_fields(label: Option<&Value>) -> Result<LabelFields, String> {
     match label {
         None | Some(Value::Null) => Ok((None, None, None)),
         Some(Value::String(s)) if s.trim_start().starts_with('{') => {
