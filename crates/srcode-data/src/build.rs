@@ -505,9 +505,13 @@ pub fn card(input: &CardInput) -> String {
     ));
     // Prompts.
     let mut prompt_reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut asked, mut kept) = (0usize, 0usize);
+    let (mut asked, mut kept, mut described) = (0usize, 0usize, 0usize);
     for set in sets {
         for c in &set.candidates {
+            if c.style == crate::prompts::DESCRIPTION {
+                described += usize::from(c.rejected.is_none());
+                continue;
+            }
             asked += 1;
             match &c.rejected {
                 None => kept += 1,
@@ -525,6 +529,13 @@ pub fn card(input: &CardInput) -> String {
     s.push_str(&format!(
         "## Implicit prompts\n\n{asked} prompts asked for, {kept} kept.\n\n"
     ));
+    if described > 0 {
+        s.push_str(&format!(
+            "**{described} prompt(s) are the records' own descriptions**, not the teacher's: every \
+             prompt the teacher wrote for those pairs was rejected (`fallback_to_description`). \
+             They passed the same leak filter and have style `description`.\n\n"
+        ));
+    }
     if !prompt_reasons.is_empty() {
         s.push_str("| rejected because | prompts |\n|---|---:|\n");
         for (r, n) in &prompt_reasons {

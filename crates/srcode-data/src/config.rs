@@ -78,6 +78,10 @@ pub struct PromptConfig {
     pub extra_leak_words: Vec<String>,
     pub temperature: f32,
     pub seed: u64,
+    /// When every prompt the teacher wrote for a pair is rejected, use the record's own
+    /// `description` (if it passes the same filter) as the prompt, marked style `description`
+    /// and counted apart in the card. For small local teachers.
+    pub fallback_to_description: bool,
 }
 
 impl Default for PromptConfig {
@@ -93,6 +97,7 @@ impl Default for PromptConfig {
             extra_leak_words: Vec::new(),
             temperature: 0.0,
             seed: 0,
+            fallback_to_description: false,
         }
     }
 }

@@ -448,8 +448,26 @@ pub fn prompts_for(
             rejected,
         });
     }
+    if cfg.fallback_to_description && set.kept().next().is_none() {
+        if let Some(d) = o
+            .description
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            let rejected = leak(d, cfg, &fix);
+            set.candidates.push(PromptCandidate {
+                style: DESCRIPTION.into(),
+                text: format!("{d}{}", context(o, code)),
+                rejected,
+            });
+        }
+    }
     Ok(set)
 }
+
+/// The style of a prompt that is the record's own description (`fallback_to_description`).
+pub const DESCRIPTION: &str = "description";
 
 #[cfg(test)]
 mod tests {

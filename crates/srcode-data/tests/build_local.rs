@@ -165,3 +165,51 @@ fn a_local_build_writes_valid_outputs_and_resumes_without_teacher_calls() {
         "finished records are kept as they were"
     );
 }
+
+#[test]
+fn descriptions_stand_in_when_every_teacher_prompt_is_rejected() {
+    let Some(gguf) = srcode_lm::tokenizer::default_test_gguf() else {
+        return;
+    };
+    let teacher = LocalTeacher::load(&gguf, 4).unwrap();
+    let scanner = srcode_scan::Scanner::builtin().unwrap();
+    let mut cfg = small_config();
+    // No teacher prompt at all: each pair that passes gets its description, or nothing.
+    cfg.prompts.per_pair = 0;
+    cfg.prompts.fallback_to_description = true;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = BuildPaths::new(dir.path());
+    let records = demo(&["demo-c-001", "demo-py-001"]);
+    let s = build(
+        &records,
+        &teacher,
+        &scanner,
+        &cfg,
+        &paths,
+        4,
+        Stages::All,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(s.failure, None);
+    let samples: Vec<PrimeVulPlus> = srcode_core::jsonl::read_strict(&paths.dataset()).unwrap();
+    assert_eq!(
+        samples.len(),
+        s.accepted_pairs + s.fallback_pairs,
+        "one per pair"
+    );
+    assert!(!samples.is_empty());
+    for x in &samples {
+        let r = records.iter().find(|r| r.id == x.pair_id).unwrap();
+        let d = r.description.as_deref().unwrap();
+        assert_eq!(x.prompt_style, srcode_data::prompts::DESCRIPTION);
+        assert!(x.prompt.starts_with(d), "{}", x.prompt);
+        assert!(
+            x.prompt.contains("Implement it with this signature"),
+            "{}",
+            x.prompt
+        );
+    }
+    let card = std::fs::read_to_string(paths.card()).unwrap();
+    assert!(card.contains("records' own descriptions"), "{card}");
+}
