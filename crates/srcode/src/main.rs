@@ -79,6 +79,19 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
 }
 
+/// Training frees and re-allocates gigabytes of activations and gradients every step. By default
+/// mimalloc hands freed memory back to the OS after 10 ms, and touching it again costs a page
+/// fault and a zeroed page per 4 KiB (2 MiB with THP): measured on a 2-core VM, half of an RL
+/// step was the kernel zeroing pages (`clear_page_erms`). Keeping freed memory in the process
+/// made steady-state GRPO steps 2× faster (41.5 s → 21.2 s for 4 rollouts × 64 tokens) at the
+/// same peak RSS.
+fn keep_freed_memory() {
+    // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h); -1 = never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets a process-wide allocator option; mimalloc allows this at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -93,6 +106,9 @@ fn main() {
         }
         _ => srcode_lm::CpuWorkload::Inference,
     };
+    if workload == srcode_lm::CpuWorkload::Training {
+        keep_freed_memory();
+    }
     srcode_lm::init_cpu_runtime(workload);
     let result: Result<i32> = match cli.command {
         Command::Model(c) => model_cmd::run(c).map(|()| 0),
