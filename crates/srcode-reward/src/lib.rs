@@ -362,7 +362,9 @@ fn defines(code: &[u8], name: &str, lang: Language) -> bool {
                         }
                         j += 1;
                     }
-                    lx[j + 1..]
+                    // A truncated answer can end inside the parameter list.
+                    lx.get(j + 1..)
+                        .unwrap_or(&[])
                         .iter()
                         .take(8)
                         .find(|l| l.norm == "{" || l.norm == ";" || l.norm == "=>")
@@ -404,5 +406,29 @@ fn compiles(text: &[u8], code: &[Span], lang: Language) -> Option<bool> {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defines_survives_answers_cut_off_inside_a_parameter_list() {
+        // An RL rollout that hit its token limit mid-signature once panicked here.
+        for cut in [
+            "int copy_name(char *dst, size_t",
+            "int copy_name(",
+            "int copy_name(char *dst) ",
+            "int copy_name((",
+        ] {
+            assert!(!defines(cut.as_bytes(), "copy_name", Language::C), "{cut}");
+        }
+        assert!(defines(
+            b"int copy_name(char *dst) { return 0; }",
+            "copy_name",
+            Language::C
+        ));
+        assert!(!defines(b"int copy_name(char *dst);", "copy_name", Language::C));
     }
 }
