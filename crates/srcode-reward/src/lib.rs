@@ -429,6 +429,10 @@ mod tests {
             "copy_name",
             Language::C
         ));
-        assert!(!defines(b"int copy_name(char *dst);", "copy_name", Language::C));
+        assert!(!defines(
+            b"int copy_name(char *dst);",
+            "copy_name",
+            Language::C
+        ));
     }
 }
