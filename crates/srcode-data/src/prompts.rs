@@ -320,7 +320,12 @@ pub fn jaccard(a: &HashSet<u64>, b: &HashSet<u64>) -> f32 {
 /// The context appended to every prompt: the signature to implement (and, for C/C++, the
 /// helpers and types it may use).
 fn context(o: &RepairOutcome, code: &str) -> String {
-    let lang = o.language;
+    context_of(o.language, o.func_name.as_deref(), code)
+}
+
+/// What an implicit prompt says about the code around the function: its signature and, for C
+/// and C++, the types and functions it relies on.
+fn context_of(lang: Language, func_name: Option<&str>, code: &str) -> String {
     let mut s = String::new();
     if let Some(sig) = signature(code, lang) {
         let fence = match lang {
@@ -340,7 +345,7 @@ fn context(o: &RepairOutcome, code: &str) -> String {
         ));
     }
     if matches!(lang, Language::C | Language::Cpp) {
-        let (calls, types) = c_context(code, lang, o.func_name.as_deref());
+        let (calls, types) = c_context(code, lang, func_name);
         if !types.is_empty() {
             s.push_str(&format!(
                 "\nThese types are defined elsewhere: {}.",
@@ -464,6 +469,30 @@ pub fn prompts_for(
         }
     }
     Ok(set)
+}
+
+/// An implicit prompt written without a teacher: the record's own description, then the
+/// function's signature and context as Vul2Safe's prompts give them (what
+/// `fallback_to_description` uses), checked by the same leak filter. The evaluation tasks of
+/// pairs held out of training (`srcode data tasks`). `Err` says why there is none.
+pub fn description_prompt(
+    r: &crate::ingest::VulnRecord,
+    cfg: &PromptConfig,
+) -> std::result::Result<String, String> {
+    let d = r
+        .description
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| "no description".to_string())?;
+    if let Some(why) = leak(d, cfg, &HashSet::new()) {
+        return Err(why);
+    }
+    let code = r.fixed.as_deref().unwrap_or(&r.vulnerable);
+    Ok(format!(
+        "{d}{}",
+        context_of(r.language, r.func_name.as_deref(), code)
+    ))
 }
 
 /// The style of a prompt that is the record's own description (`fallback_to_description`).

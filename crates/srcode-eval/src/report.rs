@@ -101,7 +101,8 @@ pub fn markdown(title: &str, spec: &EvalSpec, m: &Metrics) -> String {
     s
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
+/// The stylesheet of srcode's evaluation pages (reports that embed [`compare_body`] use it).
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
 .cards{display:flex;flex-wrap:wrap;gap:.8em}.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;min-width:9em;background:#fcfcfc}\
 .card b{display:block;font-size:1.5em}.card span{color:#666;font-size:.85em}\
@@ -468,11 +469,18 @@ pub fn compare_markdown(runs: &[CompareRun], bench: &str, iters: usize) -> Strin
 
 /// `compare.html`.
 pub fn compare_html(runs: &[CompareRun], bench: &str, iters: usize) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Comparison on {b}</title><style>{STYLE}</style></head><body><h1>Comparison on {b}</h1>{body}</body></html>\n",
+        b = esc(bench),
+        body = compare_body(runs, iters)
+    )
+}
+
+/// The body of a comparison (runs table, headline and per-CWE bars, bootstrapped differences to
+/// the first run), to embed in a page styled with [`STYLE`].
+pub fn compare_body(runs: &[CompareRun], iters: usize) -> String {
     let d = diffs(runs, iters);
-    let mut h = format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Comparison on {b}</title><style>{STYLE}</style></head><body><h1>Comparison on {b}</h1>",
-        b = esc(bench)
-    );
+    let mut h = String::new();
     h.push_str("<table><tr><th>run</th><th>model</th><th>tasks</th><th>samples</th></tr>");
     for r in runs {
         let _ = write!(
@@ -561,7 +569,6 @@ pub fn compare_html(runs: &[CompareRun], bench: &str, iters: usize) -> String {
         }
         h.push_str("</table>");
     }
-    h.push_str("</body></html>\n");
     h
 }
 

@@ -159,6 +159,30 @@ pub fn load(path: &Path, device: &Device, mode: Option<WeightMode>) -> Result<Lo
     })
 }
 
+/// Loads a model with a PEFT LoRA adapter directory (`adapter_config.json`,
+/// `adapter_model.safetensors`, as `srcode train sft|rl` write them) folded into dense weights
+/// of `dtype`: the adapted model, at the base model's decoding cost.
+pub fn load_adapted(
+    path: &Path,
+    device: &Device,
+    adapter: &Path,
+    dtype: candle_core::DType,
+) -> Result<LoadedModel> {
+    let lcfg = crate::train::read_adapter_config(adapter)?;
+    let mut lm = load(
+        path,
+        device,
+        Some(WeightMode::Dense {
+            dtype,
+            trainable: false,
+        }),
+    )?;
+    lm.model.attach_lora(&lcfg, 0)?;
+    crate::train::load_adapter(&lm.model, adapter)?;
+    lm.model.merge_lora()?;
+    Ok(lm)
+}
+
 /// Writes a self-contained Hugging Face directory: the checkpoint (see
 /// [`crate::train::save_checkpoint`]), `tokenizer.json`, `tokenizer_config.json` (special-token
 /// names and the chat template) and `generation_config.json` (end ids). `srcode generate --model

@@ -590,6 +590,43 @@ impl Llama {
         Ok(())
     }
 
+    /// Folds every attached LoRA adapter into its base weight (`W ← W + scale·B·A`) and detaches
+    /// the adapters, so the adapted model decodes at the base model's cost. The model then has
+    /// no trainable tensors and no LoRA configuration.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if self.lora.is_none() {
+            return Err(LmError::InvalidArgument(
+                "no LoRA adapters are attached".into(),
+            ));
+        }
+        for b in self.layers.iter_mut() {
+            for l in [
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.o,
+                &mut b.gate,
+                &mut b.up,
+                &mut b.down,
+            ] {
+                let Some(lora) = l.lora.take() else {
+                    continue;
+                };
+                let Weight::Dense(w) = &l.weight else {
+                    return Err(LmError::InvalidArgument(format!(
+                        "{}: LoRA can only be merged into dense weights",
+                        l.name
+                    )));
+                };
+                let delta = (lora.b.as_tensor().matmul(lora.a.as_tensor())? * lora.scale)?;
+                l.weight = Weight::Dense((w + delta.to_dtype(w.dtype())?)?.detach());
+            }
+        }
+        self.params.clear();
+        self.lora = None;
+        Ok(())
+    }
+
     /// Runs the decoder on `ids` (`[batch, seq]`, u32) and returns the final hidden states
     /// (`[batch, seq, hidden]`, after the last norm). With a cache, `ids` continue the cached
     /// sequence and the cache is extended.

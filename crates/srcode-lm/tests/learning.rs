@@ -326,6 +326,15 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     let b = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
     let d = max_abs_diff(&a, &b);
     assert!(d < 1e-6, "reloaded adapter differs by {d}");
+    // Merging folds the trained adapter into the weights: same outputs, no adapters left, and
+    // the merged model differs from the base (the adapter had learnt something).
+    m2.merge_lora().unwrap();
+    assert!(m2.trainable().is_empty() && m2.lora_config().is_none());
+    let merged = m2.forward(&ids, ForwardOpts::default(), None).unwrap();
+    let d = max_abs_diff(&a, &merged);
+    assert!(d < 1e-4, "merged model differs from the adapted one by {d}");
+    assert!(max_abs_diff(&before, &merged) > 1e-3);
+    assert!(m2.merge_lora().is_err(), "merging twice must be refused");
     let names: Vec<String> =
         candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
             .unwrap()

@@ -17,25 +17,34 @@ pub struct HeatmapEntry<'a> {
 
 use srcode_core::html_escape as esc;
 
+/// The stylesheet of the heat maps ([`sections`] needs it).
+pub const STYLE: &str = "pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;line-height:1.45;background:#fafafa;border:1px solid #ddd;padding:1em;white-space:pre-wrap;word-break:break-all}\
+pre span{border-radius:2px}\
+.meta{color:#555;font-size:13px} .legend span{padding:0 .5em;margin-right:.5em}\
+section{margin-bottom:3em} details{margin:.5em 0}";
+
+/// The colour legend shown above heat maps.
+pub const LEGEND: &str =
+    "<p class=\"legend\"><span style=\"background:rgba(220,40,40,.6)\">penalised</span>\
+<span style=\"background:rgba(30,160,60,.6)\">rewarded</span>\
+hover a token for its reward; the instance-level reward goes on the last token.</p>";
+
 /// Renders one HTML page for all entries.
 pub fn render(title: &str, entries: &[HeatmapEntry<'_>]) -> String {
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
-pre{{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;line-height:1.45;background:#fafafa;border:1px solid #ddd;padding:1em;white-space:pre-wrap;word-break:break-all}}\
-pre span{{border-radius:2px}}\
-.meta{{color:#555;font-size:13px}} .legend span{{padding:0 .5em;margin-right:.5em}}\
 table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ddd;padding:2px 8px;text-align:left}}\
-section{{margin-bottom:3em}} details{{margin:.5em 0}}\
-</style></head><body><h1>{}</h1>\
-<p class=\"legend\"><span style=\"background:rgba(220,40,40,.6)\">penalised</span>\
-<span style=\"background:rgba(30,160,60,.6)\">rewarded</span>\
-hover a token for its reward; the instance-level reward goes on the last token.</p>",
-        esc(title),
-        esc(title)
-    );
+{STYLE}</style></head><body><h1>{t}</h1>{LEGEND}{body}</body></html>\n",
+        t = esc(title),
+        body = sections(entries)
+    )
+}
+
+/// One `<section>` per entry (title, reward breakdown, prompt, coloured tokens, findings), to
+/// embed in a page styled with [`STYLE`].
+pub fn sections(entries: &[HeatmapEntry<'_>]) -> String {
+    let mut h = String::new();
     for e in entries {
         let r = e.rewards;
         let max = r
@@ -114,6 +123,5 @@ hover a token for its reward; the instance-level reward goes on the last token.<
         }
         h.push_str("</section>");
     }
-    h.push_str("</body></html>\n");
     h
 }

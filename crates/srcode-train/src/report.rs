@@ -98,6 +98,18 @@ fn short(v: f64) -> String {
 /// The report page of one or more runs: flagged rate, reward, KL, entropy, response length and
 /// seconds per step over the steps.
 pub fn rl_html(title: &str, runs: &[(String, Vec<RlMetrics>)]) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2em .6em;text-align:right}}{RL_STYLE}</style></head><body><h1>{t}</h1>{body}</body></html>\n",
+        t = esc(title),
+        body = rl_body(runs)
+    )
+}
+
+/// The extra style [`rl_body`] needs (its charts sit in a wrapping grid).
+pub const RL_STYLE: &str = ".grid{display:flex;flex-wrap:wrap;gap:1.5em}";
+
+/// The body of [`rl_html`]: the runs table and the charts, to embed in another page.
+pub fn rl_body(runs: &[(String, Vec<RlMetrics>)]) -> String {
     type Get = fn(&RlMetrics) -> f64;
     let charts: [(&str, Get); 8] = [
         ("analyser-flagged share of rollouts", |m| {
@@ -115,9 +127,8 @@ pub fn rl_html(title: &str, runs: &[(String, Vec<RlMetrics>)]) -> String {
         ("response length (tokens)", |m| f64::from(m.response_length)),
         ("seconds per step", |m| m.seconds),
     ];
-    let mut h = format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}.grid{{display:flex;flex-wrap:wrap;gap:1.5em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.2em .6em;text-align:right}}</style></head><body><h1>{t}</h1><table><tr><th>run</th><th>steps</th><th>flagged first → last</th><th>mean s/step</th></tr>",
-        t = esc(title)
+    let mut h = String::from(
+        "<table><tr><th>run</th><th>steps</th><th>flagged first → last</th><th>mean s/step</th></tr>",
     );
     for (name, ms) in runs {
         let (f, l) = (ms.first(), ms.last());
@@ -144,6 +155,6 @@ pub fn rl_html(title: &str, runs: &[(String, Vec<RlMetrics>)]) -> String {
             .collect();
         h.push_str(&line_chart(title, &series));
     }
-    h.push_str("</div></body></html>\n");
+    h.push_str("</div>");
     h
 }

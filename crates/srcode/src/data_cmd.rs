@@ -28,6 +28,30 @@ pub enum DataCommand {
     /// Only the prompt stage: implicit prompts for the accepted pairs of a previous `repair`,
     /// then PrimeVul+ and the card.
     Prompts(PromptsArgs),
+    /// Evaluation tasks (`srcode eval --bench jsonl`) from pairs held out of training: each
+    /// record's own description with the function's signature and context, the implicit prompt
+    /// Vul2Safe falls back to, with no teacher. `--exclude` drops the pairs a PrimeVul+ file
+    /// trains on.
+    Tasks(TasksArgs),
+}
+
+#[derive(Args)]
+pub struct TasksArgs {
+    /// Files or directories of vulnerability records (as `ingest` reads them).
+    #[arg(required = true)]
+    pub input: Vec<PathBuf>,
+    /// auto, primevul, sven, safecoder or generic.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// PrimeVul+ files whose pairs (`pair_id`) are left out: the training split.
+    #[arg(long)]
+    pub exclude: Vec<PathBuf>,
+    /// Keep only the first N tasks.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Where to write the tasks (JSONL).
+    #[arg(long, short)]
+    pub output: PathBuf,
 }
 
 #[derive(Args)]
@@ -240,6 +264,10 @@ pub fn run(c: DataCommand) -> Result<i32> {
             eprintln!("wrote {}", a.output.display());
             Ok(0)
         }
+        DataCommand::Tasks(a) => {
+            tasks(a)?;
+            Ok(0)
+        }
         DataCommand::Build(a) => run_build(a, Stages::All),
         DataCommand::Repair(a) => run_build(a, Stages::RepairOnly),
         DataCommand::Prompts(a) => {
@@ -345,4 +373,63 @@ fn execute(
         eprintln!("repairs are in {}", paths.repairs().display());
     }
     Ok(0)
+}
+
+fn tasks(a: TasksArgs) -> Result<()> {
+    let mut trained: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for p in &a.exclude {
+        let samples: Vec<srcode_data::PrimeVulPlus> = srcode_core::jsonl::read_strict(p)
+            .with_context(|| format!("--exclude {}: reading PrimeVul+ samples", p.display()))?;
+        trained.extend(samples.into_iter().map(|s| s.pair_id));
+    }
+    let records = ingest_all(&a.input, &a.format)?;
+    let cfg = srcode_data::config::PromptConfig::default();
+    let (mut out, mut excluded) = (Vec::new(), 0usize);
+    let mut rejected: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &records {
+        if trained.contains(&r.id) {
+            excluded += 1;
+            continue;
+        }
+        match srcode_data::prompts::description_prompt(r, &cfg) {
+            Ok(prompt) => out.push(serde_json::json!({
+                "id": r.id,
+                "prompt": prompt,
+                "language": r.language.name(),
+                "cwe": r.cwe.map(|c| c.to_string()),
+                "mode": "instruct",
+            })),
+            Err(why) => *rejected.entry(why).or_default() += 1,
+        }
+        if a.limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "no task written: {} records, {excluded} in the training split, {} without a usable description",
+            records.len(),
+            rejected.values().sum::<usize>()
+        );
+    }
+    srcode_core::jsonl::write_atomic(&a.output, &out)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!(
+        "wrote {} tasks to {} ({excluded} records in the training split left out{})",
+        out.len(),
+        a.output.display(),
+        if rejected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; no prompt for {}",
+                rejected
+                    .iter()
+                    .map(|(w, n)| format!("{n} ({w})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    Ok(())
 }

@@ -17,7 +17,7 @@ use srcode_eval::{
 };
 use srcode_sandbox::{Limits, Sandbox};
 
-use crate::generate::{candle_core_device, parse_weights};
+use crate::generate::{candle_core_device, load_model};
 use crate::home;
 
 #[derive(Args)]
@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// How to hold the local weights (q4_1, q8_0, f32, ...; see `srcode generate --help`).
     #[arg(long)]
     pub weights: Option<String>,
+    /// A LoRA adapter directory (`final/` of `srcode train sft|rl`) merged into the local model's
+    /// weights (dense f32 unless --weights says bf16 or f16). Evaluate the base model with
+    /// `--weights f32` to compare like with like.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Evaluate an OpenAI-compatible endpoint instead (e.g. http://127.0.0.1:8000/v1); its
     /// answers are cached in the evaluation directory.
     #[arg(long)]
@@ -207,21 +212,22 @@ fn run_eval(a: RunArgs) -> Result<()> {
         (None, Some(path)) => {
             let meta =
                 std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-            let lm = srcode_lm::loader::load(
+            let lm = load_model(
                 path,
                 &candle_core_device()?,
-                parse_weights(a.weights.as_deref())?,
-            )
-            .with_context(|| format!("loading model {}", path.display()))?;
+                a.weights.as_deref(),
+                a.adapter.as_deref(),
+            )?;
             let id = format!(
-                "local:{}:{}{}",
+                "local:{}:{}{}{}",
                 path.file_name()
                     .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
                 meta.len(),
                 a.weights
                     .as_deref()
                     .map(|w| format!(":{w}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                adapter_id(a.adapter.as_deref())?
             );
             let mut g = LocalGenerator::new(lm, id, a.batch);
             g.chat_prefill = a.chat_prefill;
@@ -319,6 +325,41 @@ fn run_eval(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads an evaluation directory (`run.json`, `samples.jsonl`) as one run of a comparison.
+pub fn load_run(dir: &Path, name: String) -> Result<CompareRun> {
+    let spec_path = dir.join("run.json");
+    let spec: EvalSpec = serde_json::from_str(
+        &std::fs::read_to_string(&spec_path)
+            .with_context(|| format!("reading {}", spec_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", spec_path.display()))?;
+    let samples = srcode_eval::run::read_samples(&dir.join("samples.jsonl"))?;
+    let metrics = srcode_eval::Metrics::compute(&samples);
+    Ok(CompareRun {
+        name,
+        spec,
+        metrics,
+        samples,
+    })
+}
+
+/// The adapter's part of a local model's id (which keys resumed samples): its directory and the
+/// size and modification time of its weights, so a retrained adapter is a different model.
+fn adapter_id(adapter: Option<&Path>) -> Result<String> {
+    let Some(dir) = adapter else {
+        return Ok(String::new());
+    };
+    let w = dir.join("adapter_model.safetensors");
+    let meta =
+        std::fs::metadata(&w).with_context(|| format!("--adapter: reading {}", w.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok(format!("+lora:{}:{}:{mtime}", dir.display(), meta.len()))
+}
+
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -361,14 +402,6 @@ fn compare(c: CompareArgs) -> Result<()> {
     let mut runs = Vec::new();
     for r in &c.runs {
         let dir = eval_dir(r, bench.as_deref())?;
-        let spec_path = dir.join("run.json");
-        let spec: EvalSpec = serde_json::from_str(
-            &std::fs::read_to_string(&spec_path)
-                .with_context(|| format!("reading {}", spec_path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", spec_path.display()))?;
-        let samples = srcode_eval::run::read_samples(&dir.join("samples.jsonl"))?;
-        let metrics = srcode_eval::Metrics::compute(&samples);
         // runs/NAME/eval/BENCH is called NAME; any other directory by its own name.
         let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
         let name = match dir.parent() {
@@ -378,12 +411,7 @@ fn compare(c: CompareArgs) -> Result<()> {
             _ => file_name(&dir),
         }
         .unwrap_or_else(|| r.clone());
-        runs.push(CompareRun {
-            name,
-            spec,
-            metrics,
-            samples,
-        });
+        runs.push(load_run(&dir, name)?);
     }
     let bench_name = bench.unwrap_or_else(|| runs[0].spec.bench.clone());
     if let Some(other) = runs.iter().find(|r| r.spec.bench != bench_name) {

@@ -49,6 +49,10 @@ pub struct GenerateArgs {
     /// GGUF as stored, anything else Q8_0).
     #[arg(long)]
     pub weights: Option<String>,
+    /// A LoRA adapter directory (`final/` of `srcode train sft|rl`, or any PEFT adapter of this
+    /// model) folded into dense weights (f32 unless --weights says bf16 or f16).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Print JSON: {text, token_ids, logprobs, prompt_tokens, new_tokens, seconds, tokens_per_second}.
     #[arg(long)]
     pub json: bool,
@@ -66,8 +70,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let device = candle_core_device()?;
     let t_load = Instant::now();
-    let lm = srcode_lm::loader::load(&path, &device, parse_weights(a.weights.as_deref())?)
-        .with_context(|| format!("loading model {}", path.display()))?;
+    let lm = load_model(&path, &device, a.weights.as_deref(), a.adapter.as_deref())?;
     tracing::info!(seconds = t_load.elapsed().as_secs_f64(), "model loaded");
     let text = if a.chat {
         let mut msgs = Vec::new();
@@ -147,6 +150,35 @@ pub fn candle_core_device() -> Result<srcode_lm::Device> {
 }
 
 /// Parses a `--weights` value.
+/// Loads a local model for inference, with `adapter` (a PEFT LoRA directory) merged into dense
+/// weights when given; `weights` as `--weights` takes it.
+pub fn load_model(
+    path: &std::path::Path,
+    device: &srcode_lm::Device,
+    weights: Option<&str>,
+    adapter: Option<&std::path::Path>,
+) -> Result<srcode_lm::loader::LoadedModel> {
+    let Some(adapter) = adapter else {
+        return srcode_lm::loader::load(path, device, parse_weights(weights)?)
+            .with_context(|| format!("loading model {}", path.display()));
+    };
+    let dtype = match parse_weights(weights)? {
+        None => srcode_lm::DType::F32,
+        Some(srcode_lm::WeightMode::Dense { dtype, .. }) => dtype,
+        Some(_) => anyhow::bail!(
+            "--weights {}: an adapter is merged into dense weights; use f32, bf16 or f16",
+            weights.unwrap_or_default()
+        ),
+    };
+    srcode_lm::loader::load_adapted(path, device, adapter, dtype).with_context(|| {
+        format!(
+            "loading model {} with the adapter {}",
+            path.display(),
+            adapter.display()
+        )
+    })
+}
+
 pub fn parse_weights(s: Option<&str>) -> Result<Option<srcode_lm::WeightMode>> {
     use srcode_lm::quantized::GgmlDType;
     use srcode_lm::{DType, WeightMode};

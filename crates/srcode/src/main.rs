@@ -7,6 +7,7 @@ mod eval_cmd;
 mod generate;
 mod home;
 mod model_cmd;
+mod report_cmd;
 mod reward_cmd;
 mod sandbox_cmd;
 mod scan_cmd;
@@ -77,6 +78,10 @@ enum Command {
     /// trainers (verl, OpenRLHF, TRL): /v1/chat/completions, /v1/completions, /v1/rewards/token,
     /// /get_reward, /v1/scan, /health, /metrics.
     Serve(serve_cmd::ServeArgs),
+    /// One page for a run of the method: the before/after table of evaluations (base, SFT, RL)
+    /// with bootstrapped differences, the RL training curves, and held-out answers with their
+    /// per-token reward heat maps (report.html, and report.md for a README).
+    Report(report_cmd::ReportArgs),
 }
 
 /// Training frees and re-allocates gigabytes of activations and gradients every step. By default
@@ -121,6 +126,7 @@ fn main() {
         Command::Sandbox(c) => sandbox_cmd::run(c),
         Command::Eval(a) => eval_cmd::run(a).map(|()| 0),
         Command::Serve(a) => serve_cmd::run(a).map(|()| 0),
+        Command::Report(a) => report_cmd::run(a).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

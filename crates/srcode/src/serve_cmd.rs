@@ -14,7 +14,7 @@ use srcode_sandbox::{Limits, Sandbox};
 use srcode_scan::Scanner;
 use srcode_serve::{AppState, Generator, Metrics, RewardService, ServeConfig};
 
-use crate::generate::{candle_core_device, parse_weights};
+use crate::generate::{candle_core_device, load_model};
 use crate::home;
 
 #[derive(Args)]
@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// How to hold the weights (q4_1, q8_0, q4_0, f32, bf16, f16).
     #[arg(long)]
     weights: Option<String>,
+    /// A LoRA adapter directory (`final/` of `srcode train sft|rl`) merged into the weights.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Environment variable holding an API key; when set, every route but /health wants
     /// `Authorization: Bearer <key>`.
     #[arg(long, value_name = "VAR")]
@@ -122,8 +125,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         (meta.tokenizer, None)
     } else {
         let device = candle_core_device()?;
-        let lm = srcode_lm::loader::load(&path, &device, parse_weights(a.weights.as_deref())?)
-            .with_context(|| format!("loading model {}", path.display()))?;
+        let lm = load_model(&path, &device, a.weights.as_deref(), a.adapter.as_deref())?;
         let tok = lm.tokenizer.clone();
         let g = Generator::start(lm, a.queue, a.max_batch, metrics.clone())
             .context("starting the generation worker")?;
