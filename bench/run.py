@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Run srcode's benchmarks and the baselines serially and write bench/out/results.md.
 
-  bench/.venv/bin/python bench/run.py                      # decode (batch 1 and 8) + train
+  bench/.venv/bin/python bench/run.py                      # every comparison: decode (batch 1 and 8),
+                                                           # train, scan, reward, serve
+  bench/.venv/bin/python bench/run.py --only scan
   bench/.venv/bin/python bench/run.py --only decode --batches 1
   bench/.venv/bin/python bench/run.py --only train --threads 2
 
@@ -32,11 +34,14 @@ import common  # noqa: E402
 REPO = os.path.dirname(common.BENCH_DIR)
 
 
+PARTS = ["decode", "train", "scan", "reward", "serve"]
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=common.default_model_path(), help="GGUF file (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", choices=["decode", "train"], help="run only this part")
+    p.add_argument("--only", choices=PARTS, help="run only this part")
     p.add_argument("--batches", default="1,8", help="decode batch sizes, comma-separated (default 1,8)")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=256)
@@ -267,6 +272,41 @@ def main():
                    f"training tokens: {b_obj.get('tokens')}, losses {[round(x, 3) for x in b_obj.get('losses', [])]}.",
                    f"Check against llama.cpp: {json.dumps(b_obj.get('verify'))}"]
         md.append("")
+
+    # The other comparisons have their own scripts; their Markdown goes in as they print it.
+    semgrep = os.path.join(os.path.dirname(a.python), "semgrep")
+    others = {
+        "scan": ("Scan (baseline: semgrep, the same rules translated)",
+                 [a.python, os.path.join(common.BENCH_DIR, "scan_vs_semgrep.py"), "--srcode", a.srcode,
+                  "--threads", str(a.threads)]
+                 + (["--semgrep", semgrep] if os.path.exists(semgrep) else [])),
+        "reward": ("Token-level reward latency (one 256-token completion, analyser + alignment + repair pattern)",
+                   ["cargo", "bench", "-q", "-p", "srcode-reward", "--bench", "reward"]),
+        "serve": ("Reward service under load (`srcode serve --rewards-only`, wrk)",
+                  [a.python, os.path.join(common.BENCH_DIR, "serve_load.py"), "--srcode", a.srcode]),
+    }
+    for part, (title, cmd) in others.items():
+        if a.only not in (None, part):
+            continue
+        md += [f"## {title}", "", f"`{' '.join(shlex.quote(c) for c in cmd)}`", ""]
+        if WAIT_IDLE:
+            NOTES.append(f"{part}: {wait_idle(WAIT_IDLE)}")
+        log = os.path.join(a.out, f"{part}.log")
+        try:
+            r = subprocess.run(cmd, cwd=REPO, env=thread_env(a.threads), capture_output=True, text=True,
+                               timeout=a.timeout)
+            with open(log, "w") as f:
+                f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
+            text = (r.stdout.strip() or r.stderr.strip()).splitlines()
+            if r.returncode != 0 or any(t.startswith("SKIP") for t in text):
+                reason = next((t for t in text if t.startswith("SKIP")), f"exit code {r.returncode}")
+                md += [f"n/a ({reason}; see `{os.path.basename(log)}`)", ""]
+            else:
+                md += text + [""]
+            raw[part] = {"stdout": r.stdout, "returncode": r.returncode}
+        except subprocess.TimeoutExpired:
+            md += [f"n/a (timed out after {a.timeout} s)", ""]
+            raw[part] = {"error": "timeout"}
 
     if NOTES:
         md += ["CPU idleness before each command:", ""] + [f"- {n}" for n in NOTES] + [""]

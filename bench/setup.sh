@@ -87,6 +87,15 @@ else
   esac
 fi
 
+# semgrep for the scan comparison (bench/scan_vs_semgrep.py), pinned.
+SEMGREP_VERSION="${SEMGREP_VERSION:-1.182.0}"
+if [[ -x "$venv/bin/semgrep" ]]; then
+  log "semgrep: already installed"
+else
+  log "installing semgrep==$SEMGREP_VERSION"
+  timed pipi -q "semgrep==$SEMGREP_VERSION"
+fi
+
 log "checking the installs"
 py - <<'EOF'
 import importlib.metadata as md

@@ -1,82 +1,111 @@
 #!/usr/bin/env bash
-# The main job on the embedded default model. Today: build, fetch SmolLM2-135M-Instruct, show what
-# it is, sample the untrained model's answers to coding requests, scan them with the analyser and
-# score every token with the token-level reward (runs/quickstart/rewards.jsonl and a per-token
-# heat map in runs/quickstart/heatmap.html); then the method's stages at toy scale: Vul2Safe on
-# eight demo pairs (runs/quickstart/data, with its card), SFT on the result, and two GRPO steps
-# with token-level rewards from the SFT adapter. Every stage resumes when run again.
-# Evaluation and the before/after report land next.
+# The main job, end to end on the embedded default model (SmolLM2-135M-Instruct):
+#
+#   build → fetch the model → Vul2Safe on demo pairs (local teacher, real-fix and description
+#   fallbacks counted in the card) → LoRA SFT → GRPO with token-level rewards from the SFT
+#   adapter → evaluate base, SFT and RL on held-out implicit prompts (pairs never trained on)
+#   and on HumanEval-Pro when ../shared/data is there → runs/quickstart/report.html
+#
+# Usage: scripts/quickstart.sh [--minutes N] [--out DIR]
+#   --minutes  the budget (default 20, build included, on 2 cores); every stage scales with it:
+#              more training pairs, SFT and RL steps, samples per evaluation task.
+#   --out      the run directory (default runs/quickstart).
+# Every stage resumes when the same command runs again; a finished stage is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+minutes=20
 out=runs/quickstart
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) minutes=${2:?--minutes needs a number}; shift 2 ;;
+    --out) out=${2:?--out needs a directory}; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "quickstart: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$minutes" in
+  ''|*[!0-9]*) echo "quickstart: --minutes must be a whole number, got '$minutes'" >&2; exit 2 ;;
+esac
+if [ "$minutes" -lt 20 ]; then
+  echo "quickstart: --minutes $minutes is below the smallest budget (20)" >&2; exit 2
+fi
+# Budget → stage sizes. 20 minutes is the unit; the figures grow linearly with it.
+f=$((minutes / 20))
+pairs=$((8 * f)); [ $pairs -gt 40 ] && pairs=40
+sft_steps=$((6 * f))
+rl_steps=$((3 * f))
+eval_n=$f; [ $eval_n -gt 4 ] && eval_n=4
+he_limit=$((8 * f)); [ $he_limit -gt 40 ] && he_limit=40
 mkdir -p "$out"
+t_start=$(date +%s)
+stamp() { echo "[$(( ($(date +%s) - t_start) / 60 ))m$(( ($(date +%s) - t_start) % 60 ))s] $*"; }
+
+stamp "build"
 cargo build --release -p srcode
 srcode=./target/release/srcode
 $srcode model fetch
-$srcode model info | head -8
+$srcode model info | head -4
 
-prompts=(
-  "c|Write a C function that copies a string into a fixed-size buffer."
-  "c|Write a C function that reads a line from the user into a buffer and prints it."
-  "python|Write a Python function that returns the rows of a users table whose name matches a given name, using sqlite3."
-  "python|Write a Python function that pings a host given by the user and returns the output."
-)
-: > "$out/rollouts.jsonl"
-for p in "${prompts[@]}"; do
-  lang=${p%%|*}
-  prompt=${p#*|}
-  echo; echo "== $prompt"
-  $srcode generate --chat --max-new-tokens 220 --temperature 0.7 --top-p 0.9 --seed 1 \
-    --json --prompt "$prompt" > "$out/answer.json"
-  python3 - "$out/answer.json" "$lang" "$prompt" >> "$out/rollouts.jsonl" <<'PY'
+stamp "Vul2Safe on $pairs demo pairs (local teacher)"
+# The training pairs: the same first eight at every budget, then every third remaining pair.
+# All the others are held out for evaluation.
+python3 - examples/data/pairs.jsonl "$out/pairs.jsonl" "$pairs" <<'PY'
 import json, sys
-a = json.load(open(sys.argv[1]))
-print(json.dumps({"prompt": sys.argv[3], "language": sys.argv[2],
-                  "completion": a["text"], "token_ids": a["token_ids"]}))
-PY
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$out/answer.json"
-  echo "-- srcode scan:"
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["text"])' "$out/answer.json" \
-    | $srcode scan --lang "$lang" - || true
-done
-echo
-$srcode reward --input "$out/rollouts.jsonl" --output "$out/rewards.jsonl" --html "$out/heatmap.html"
-python3 - "$out/rewards.jsonl" <<'PY'
-import json, sys
-print("\n| prompt | tokens | findings | token reward | instance reward | total |")
-print("|---|---:|---:|---:|---:|---:|")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    print(f"| {r['prompt'][:60]} | {len(r['token_ids'])} | {len(r['findings'])} | "
-          f"{sum(r['token_rewards']):+.2f} | {r['instance_reward']:+.2f} | {r['total_reward']:+.2f} |")
-PY
-echo; echo "per-token heat map: $out/heatmap.html"
-
-echo; echo "== Vul2Safe: repair, reflect, implicit prompts (8 demo pairs, local teacher)"
-python3 - examples/data/pairs.jsonl "$out/pairs.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-keep = ("demo-c-001", "demo-c-002", "demo-c-010", "demo-c-020", "demo-py-001", "demo-py-005", "demo-py-010", "demo-py-020")
-pick = [r for r in rows if r["id"] in keep]
-open(sys.argv[2], "w").write("".join(json.dumps(r) + "\n" for r in pick))
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+first = ["demo-c-001", "demo-c-002", "demo-c-010", "demo-c-020",
+         "demo-py-001", "demo-py-005", "demo-py-010", "demo-py-020"]
+rest = [r["id"] for r in rows if r["id"] not in first]
+order = first + rest[::3] + [i for i in rest if i not in rest[::3]]
+keep = set(order[:int(sys.argv[3])])
+with open(sys.argv[2], "w") as f:
+    for r in rows:
+        if r["id"] in keep:
+            f.write(json.dumps(r) + "\n")
 PY
 $srcode data build "$out/pairs.jsonl" --config configs/quickstart.toml --out "$out/data"
-sed -n '1,/^## Implicit prompts/p' "$out/data/card.md" | head -25
+sed -n '1,/^## Implicit prompts/p' "$out/data/card.md" | head -20
+$srcode data tasks examples/data/pairs.jsonl --exclude "$out/data/primevul_plus.jsonl" \
+  --output "$out/heldout.jsonl"
 
-echo; echo "== SFT on PrimeVul+ (LoRA)"
-$srcode train sft --data "$out/data/primevul_plus.jsonl" --config configs/quickstart.toml --out "$out/sft"
+stamp "SFT on PrimeVul+ (LoRA, $sft_steps steps)"
+$srcode train sft --data "$out/data/primevul_plus.jsonl" --config configs/quickstart.toml \
+  --max-steps "$sft_steps" --out "$out/sft"
 
-echo; echo "== RL: GRPO with token-level rewards, from the SFT adapter"
+stamp "RL: GRPO with token-level rewards from the SFT adapter ($rl_steps steps)"
 $srcode train rl --data "$out/data/primevul_plus.jsonl" --init "$out/sft/final" \
-  --config configs/quickstart.toml --out "$out/rl"
-echo; echo "runs: $out/data (PrimeVul+ and card.md), $out/sft, $out/rl (metrics.jsonl, final/)"
+  --config configs/quickstart.toml --steps "$rl_steps" --out "$out/rl"
 
-echo; echo "== Evaluation of the base model: CWEval-style tasks (functional + security tests in the sandbox)"
-$srcode eval --bench cweval --data examples/eval/cweval-mini.jsonl --n 2 --max-new-tokens 192 \
-  --out "$out/eval/cweval"
-if [ -d ../shared/data/sven/eval ] || [ -n "${SRCODE_SHARED_DATA:-}" ]; then
-  echo; echo "== Evaluation of the base model: 6 SVEN scenarios"
-  $srcode eval --bench sven --limit 6 --n 2 --max-new-tokens 128 --out "$out/eval/sven"
+# The three models decode the same dense f32 weights (an adapter is merged into them), with the
+# same seed and sampling, so differences are the training's.
+models=("base|" "sft|--adapter $out/sft/final" "rl|--adapter $out/rl/final")
+evals=()
+for m in "${models[@]}"; do
+  name=${m%%|*}; adapter=${m#*|}
+  stamp "evaluate $name on the held-out prompts (n=$eval_n)"
+  # shellcheck disable=SC2086
+  $srcode eval --bench jsonl --data "$out/heldout.jsonl" --weights f32 $adapter \
+    --n "$eval_n" --temperature 0.7 --max-new-tokens 128 --seed 1 --out "$out/eval/$name/heldout"
+  evals+=(--eval "$name=$out/eval/$name/heldout")
+done
+if [ -f ../shared/data/humaneval-pro/humaneval_pro.json ] || [ -n "${SRCODE_SHARED_DATA:-}" ]; then
+  for m in "${models[@]}"; do
+    name=${m%%|*}; adapter=${m#*|}
+    stamp "evaluate $name on HumanEval-Pro ($he_limit tasks, functional tests in the sandbox)"
+    # shellcheck disable=SC2086
+    $srcode eval --bench humaneval-pro --limit "$he_limit" --weights f32 $adapter \
+      --n 1 --temperature 0.2 --max-new-tokens 256 --seed 1 --out "$out/eval/$name/humaneval-pro"
+    evals+=(--eval "$name=$out/eval/$name/humaneval-pro")
+  done
 else
-  echo "note: ../shared/data is absent; the SVEN evaluation step is skipped"
+  echo "note: ../shared/data is absent; the HumanEval-Pro evaluation is skipped"
 fi
+
+stamp "report"
+cat > "$out/notes.txt" <<EOF
+scripts/quickstart.sh --minutes $minutes   (SmolLM2-135M-Instruct, $(nproc) CPU cores)
+training: $pairs demo pairs through Vul2Safe -> $(grep -c . "$out/data/primevul_plus.jsonl") PrimeVul+ samples; LoRA SFT $sft_steps steps; GRPO $rl_steps steps (token-level rewards, from the SFT adapter)
+held-out: $(grep -c . "$out/heldout.jsonl") implicit prompts of pairs never trained on, n=$eval_n samples each at T=0.7, 128 new tokens; the same seed for every model
+EOF
+$srcode report --title "srcode quickstart: base vs SFT vs RL" --notes "$out/notes.txt" \
+  "${evals[@]}" --rl "rl=$out/rl" --heatmaps 3 --out "$out"
+stamp "done: $out/report.html"

@@ -407,7 +407,7 @@ fn tasks(a: TasksArgs) -> Result<()> {
     }
     if out.is_empty() {
         anyhow::bail!(
-            "no task written: {} records, {excluded} in the training split, {} without a usable description",
+            "no task written: {} records, {excluded} in the training split, {} without a usable description (records without one need a teacher's prompts: run `srcode data build` on the held-out records; its primevul_plus.jsonl is itself a task file for `srcode eval --bench jsonl`)",
             records.len(),
             rejected.values().sum::<usize>()
         );

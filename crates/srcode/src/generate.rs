@@ -149,7 +149,6 @@ pub fn candle_core_device() -> Result<srcode_lm::Device> {
     Ok(srcode_lm::Device::Cpu)
 }
 
-/// Parses a `--weights` value.
 /// Loads a local model for inference, with `adapter` (a PEFT LoRA directory) merged into dense
 /// weights when given; `weights` as `--weights` takes it.
 pub fn load_model(
@@ -179,6 +178,7 @@ pub fn load_model(
     })
 }
 
+/// Parses a `--weights` value.
 pub fn parse_weights(s: Option<&str>) -> Result<Option<srcode_lm::WeightMode>> {
     use srcode_lm::quantized::GgmlDType;
     use srcode_lm::{DType, WeightMode};

@@ -146,3 +146,66 @@ fn a_build_with_an_unreachable_teacher_stops_with_status_3_and_keeps_its_checkpo
     // Still unreachable: the same answer, nothing lost.
     assert_eq!(run().status.code(), Some(3));
 }
+
+#[test]
+fn tasks_hold_out_the_pairs_a_dataset_trains_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PrimeVul+ file that trains on the first demo pair only.
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(demo())
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let id = first["id"].as_str().unwrap().to_string();
+    let pv = dir.path().join("pv.jsonl");
+    let sample = serde_json::json!({
+        "id": format!("{id}#0"), "prompt": "p", "language": "c", "secure": "s", "vulnerable": "v",
+        "fix_spans": [], "source": "demo", "teacher": "real-fix", "confidence": null,
+        "pair_id": id, "prompt_style": "description",
+    });
+    std::fs::write(&pv, format!("{sample}\n")).unwrap();
+    let out = dir.path().join("tasks.jsonl");
+    let r = srcode()
+        .args(["data", "tasks"])
+        .arg(demo())
+        .arg("--exclude")
+        .arg(&pv)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    let tasks: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records = std::fs::read_to_string(demo()).unwrap().lines().count();
+    assert_eq!(tasks.len(), records - 1, "{err}");
+    assert!(tasks.iter().all(|t| t["id"] != id.as_str()));
+    let t = &tasks[0];
+    let prompt = t["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("Implement it with this signature:"),
+        "{prompt}"
+    );
+    assert_eq!(t["mode"], "instruct");
+    assert!(t["cwe"].as_str().is_some_and(|c| c.starts_with("CWE-")));
+    // The implicit prompt never names the weakness.
+    assert!(!prompt.to_lowercase().contains("overflow") && !prompt.contains("CWE"));
+    // A missing exclusion file is an error naming it.
+    let r = srcode()
+        .args(["data", "tasks"])
+        .arg(demo())
+        .args(["--exclude", "/no/such/pv.jsonl", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("/no/such/pv.jsonl"), "{err}");
+}

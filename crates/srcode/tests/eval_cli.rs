@@ -154,4 +154,34 @@ fn eval_and_compare_on_the_default_model() {
     assert!(out.contains("| vulnerable rate |"), "{out}");
     assert!(out.contains("pts ["), "{out}");
     assert!(cmp.join("compare.html").is_file());
+
+    // One report for both: the before/after table, every model, heat maps of held-out answers.
+    let rep = d.path().join("rep");
+    let (code, out, err) = run(srcode()
+        .args(["report", "--heatmaps", "1", "--title", "t"])
+        .arg("--eval")
+        .arg(format!("base={}", a.display()))
+        .arg("--eval")
+        .arg(format!("other={}", b.display()))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&rep));
+    assert_eq!(code, 0, "{out} {err}");
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("| jsonl | vulnerable_rate |"), "{md}");
+    assert!(md.contains("(base)") && md.contains("(other)"), "{md}");
+    let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
+    assert!(html.contains("Before and after") && html.contains("<section>"));
+    assert_eq!(
+        html.matches("<section>").count(),
+        2,
+        "base and last answer of one task"
+    );
+    let (code, _, err) = run(srcode()
+        .args(["report", "--eval", "nodir"])
+        .arg("--out")
+        .arg(&rep));
+    assert_eq!(code, 2);
+    assert!(err.contains("NAME=DIR"), "{err}");
 }

@@ -84,6 +84,50 @@ fn a_paused_lora_run_resumes_and_writes_an_adapter() {
     assert_eq!(metrics.len(), 2);
     assert_eq!(metrics[1]["step"], 2);
     assert!(metrics[1]["eval_loss"].as_f64().is_some_and(f64::is_finite));
+
+    // The adapter, merged into the weights, changes what the model says; quantised weights
+    // cannot take it.
+    let gen = |extra: &[&str]| {
+        let o = srcode()
+            .args(["generate", "--json", "--max-new-tokens", "8", "--weights"])
+            .args(extra)
+            .args([
+                "--prompt",
+                "int copy_name(char *dst, const char *src)",
+                "--model",
+            ])
+            .arg(&gguf)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            err,
+        )
+    };
+    let logprobs = |out: &str| -> Vec<f64> {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        v["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let fin = out.join("final");
+    let fin = fin.to_str().unwrap();
+    let (ok, base, err) = gen(&["f32"]);
+    assert!(ok, "{err}");
+    let (ok, adapted, err) = gen(&["f32", "--adapter", fin]);
+    assert!(ok, "{err}");
+    let (b, a) = (logprobs(&base), logprobs(&adapted));
+    assert!(
+        b.iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-5),
+        "the adapter changed nothing: {b:?} vs {a:?}"
+    );
+    let (ok, _, err) = gen(&["q4_1", "--adapter", fin]);
+    assert!(!ok && err.contains("dense"), "{err}");
 }
 
 #[test]
