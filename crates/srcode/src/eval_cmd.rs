@@ -343,21 +343,16 @@ pub fn load_run(dir: &Path, name: String) -> Result<CompareRun> {
     })
 }
 
-/// The adapter's part of a local model's id (which keys resumed samples): its directory and the
-/// size and modification time of its weights, so a retrained adapter is a different model.
+/// The adapter's part of a local model's id (which keys resumed samples): the SHA-256 of its
+/// weights, so a retrained adapter is a different model and a re-saved identical one is not.
 fn adapter_id(adapter: Option<&Path>) -> Result<String> {
     let Some(dir) = adapter else {
         return Ok(String::new());
     };
     let w = dir.join("adapter_model.safetensors");
-    let meta =
-        std::fs::metadata(&w).with_context(|| format!("--adapter: reading {}", w.display()))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    Ok(format!("+lora:{}:{}:{mtime}", dir.display(), meta.len()))
+    let sum = crate::model_cmd::sha256_file(&w)
+        .with_context(|| format!("--adapter: reading {}", w.display()))?;
+    Ok(format!("+lora:{}", sum.get(..16).unwrap_or(&sum)))
 }
 
 fn sanitize(s: &str) -> String {
