@@ -90,6 +90,9 @@ struct Slot {
     var: Var,
     m: Mutex<Vec<f32>>,
     v: Mutex<Vec<f32>>,
+    /// The moments on the parameter's device when it is not the CPU (the host vectors are then
+    /// stale): a GPU update never copies optimiser state across the bus.
+    dev: Mutex<Option<(Tensor, Tensor)>>,
 }
 
 /// AdamW over a model's trainable tensors. On the CPU the update is one fused in-place pass per
@@ -113,6 +116,7 @@ impl AdamW {
                     var: var.clone(),
                     m: Mutex::new(vec![0.0; n]),
                     v: Mutex::new(vec![0.0; n]),
+                    dev: Mutex::new(None),
                 }
             })
             .collect();
@@ -171,6 +175,7 @@ impl AdamW {
             let op = AdamUpdate {
                 m: &s.m,
                 v: &s.v,
+                dev: &s.dev,
                 lr: c.lr as f32,
                 b1: c.beta1 as f32,
                 b2: c.beta2 as f32,
@@ -198,8 +203,11 @@ impl AdamW {
         let mut out = HashMap::new();
         for s in &self.slots {
             let shape = s.var.shape().clone();
-            let m = lock(&s.m)?.clone();
-            let v = lock(&s.v)?.clone();
+            let on_device = lock(&s.dev)?.clone();
+            let (m, v) = match on_device {
+                Some((m, v)) => (m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
+                None => (lock(&s.m)?.clone(), lock(&s.v)?.clone()),
+            };
             out.insert(
                 format!("{}.exp_avg", s.name),
                 Tensor::from_vec(m, shape.clone(), &candle_core::Device::Cpu)?,
@@ -235,6 +243,7 @@ impl AdamW {
                 }
                 *d = data;
             }
+            *lock(&s.dev)? = None;
         }
         let step = state
             .get("step")
@@ -249,7 +258,7 @@ impl AdamW {
     }
 }
 
-fn lock(m: &Mutex<Vec<f32>>) -> Result<std::sync::MutexGuard<'_, Vec<f32>>> {
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
     m.lock()
         .map_err(|_| LmError::InvalidArgument("optimiser state lock poisoned".into()))
 }
@@ -257,6 +266,7 @@ fn lock(m: &Mutex<Vec<f32>>) -> Result<std::sync::MutexGuard<'_, Vec<f32>>> {
 struct AdamUpdate<'a> {
     m: &'a Mutex<Vec<f32>>,
     v: &'a Mutex<Vec<f32>>,
+    dev: &'a Mutex<Option<(Tensor, Tensor)>>,
     lr: f32,
     b1: f32,
     b2: f32,
@@ -269,14 +279,18 @@ struct AdamUpdate<'a> {
 
 impl AdamUpdate<'_> {
     fn tensor_update(&self, var: &Var, g: &Tensor) -> Result<()> {
-        // Device fallback: the same maths with tensor operations, state kept on the host.
+        // Device path: the same maths with tensor operations, f32 moments kept on the device.
         let dev = var.device().clone();
         let shape = var.shape().clone();
         let g = (g.to_dtype(DType::F32)? * self.gscale as f64)?;
-        let mut m = lock(self.m)?;
-        let mut v = lock(self.v)?;
-        let mt = Tensor::from_slice(&m, shape.clone(), &dev)?;
-        let vt = Tensor::from_slice(&v, shape.clone(), &dev)?;
+        let mut state = lock(self.dev)?;
+        let (mt, vt) = match state.take() {
+            Some(mv) => mv,
+            None => (
+                Tensor::from_slice(&lock(self.m)?, shape.clone(), &dev)?,
+                Tensor::from_slice(&lock(self.v)?, shape.clone(), &dev)?,
+            ),
+        };
         let mt = ((mt * self.b1 as f64)? + (&g * (1.0 - self.b1) as f64)?)?;
         let vt = ((vt * self.b2 as f64)? + (g.sqr()? * (1.0 - self.b2) as f64)?)?;
         let p = var.as_tensor().to_dtype(DType::F32)?;
@@ -284,8 +298,7 @@ impl AdamUpdate<'_> {
             ((&mt / self.bc1 as f64)? / ((&vt / self.bc2 as f64)?.sqrt()? + self.eps as f64)?)?;
         let p = ((p * (1.0 - (self.lr * self.wd) as f64))? - (upd * self.lr as f64)?)?;
         var.set(&p.to_dtype(var.dtype())?)?;
-        *m = mt.flatten_all()?.to_vec1()?;
-        *v = vt.flatten_all()?.to_vec1()?;
+        *state = Some((mt, vt));
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Learning on a tiny random model: gradients against finite differences, every trainable tensor
 //! reached by the backward pass, loss going down under AdamW, LoRA, checkpoints.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use srcode_lm::model::{ForwardOpts, Llama, LoraConfig, WeightMode};
 use srcode_lm::train::{self, token_logprobs, AdamW, AdamWConfig};
 use srcode_lm::weights::WeightSource;
@@ -431,4 +431,83 @@ fn bad_inputs_give_errors_not_panics() {
     assert!(WeightSource::open_safetensors_dir(dir.path()).is_err());
     std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"gpt2\"}").unwrap();
     assert!(LlamaConfig::from_hf_json(&dir.path().join("config.json")).is_err());
+}
+
+#[test]
+fn adamw_tensor_path_matches_the_fused_update_and_saves_its_state() {
+    // Non-f32 (and GPU) parameters take the tensor-op path with its moments kept on the
+    // parameter's device; it must agree with the fused CPU pass and save/restore the same state.
+    let init: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+    let fused = Var::from_vec(init.clone(), (3, 4), &Device::Cpu).unwrap();
+    let wide = Var::from_vec(
+        init.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        (3, 4),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let cfg = AdamWConfig {
+        lr: 0.05,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let mut a = AdamW::new(&[("p".into(), fused.clone())], cfg.clone()).unwrap();
+    let mut b = AdamW::new(&[("p".into(), wide.clone())], cfg.clone()).unwrap();
+    for step in 0..3 {
+        let w: Vec<f32> = (0..12).map(|i| ((i + step) as f32 * 0.9).cos()).collect();
+        let wf = Tensor::from_vec(w.clone(), (3, 4), &Device::Cpu).unwrap();
+        let la = (fused.as_tensor() * &wf)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let wd = wf.to_dtype(DType::F64).unwrap();
+        let lb = (wide.as_tensor() * &wd)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        a.step(&la.backward().unwrap(), Some(0.5)).unwrap();
+        b.step(&lb.backward().unwrap(), Some(0.5)).unwrap();
+    }
+    let pa = fused
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let pb = wide
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    for (x, y) in pa.iter().zip(&pb) {
+        assert!((*x as f64 - y).abs() < 1e-5, "{x} vs {y}");
+    }
+    let (sa, sb) = (a.state_tensors().unwrap(), b.state_tensors().unwrap());
+    for key in ["p.exp_avg", "p.exp_avg_sq"] {
+        let x = sa[key].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = sb[key].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(x.iter().any(|v| *v != 0.0), "{key} was never updated");
+        for (x, y) in x.iter().zip(&y) {
+            assert!((x - y).abs() < 1e-5, "{key}: {x} vs {y}");
+        }
+    }
+    let mut c = AdamW::new(&[("p".into(), wide.clone())], cfg).unwrap();
+    c.load_state(&sb).unwrap();
+    assert_eq!(c.steps(), 3);
+    let restored = c.state_tensors().unwrap();
+    let y = restored["p.exp_avg_sq"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let z = sb["p.exp_avg_sq"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(y, z);
 }

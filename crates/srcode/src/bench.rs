@@ -9,16 +9,16 @@ use clap::{Args, Subcommand};
 use srcode_lm::generate::{generate, SamplingParams};
 use srcode_lm::model::WeightMode;
 use srcode_lm::train::{token_logprobs, AdamW, AdamWConfig};
-use srcode_lm::{DType, Tensor};
+use srcode_lm::Tensor;
 
-use crate::generate::{candle_core_device, parse_weights};
+use crate::generate::{parse_float_dtype, parse_weights, pick_device};
 use crate::home;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Greedy decoding speed: prefill and decode tokens/s, single stream or a batch.
     Decode(DecodeArgs),
-    /// Full fine-tuning step speed (f32 forward + backward + AdamW) and peak memory.
+    /// Training step speed (forward + backward + AdamW; full or LoRA) and peak memory.
     Train(TrainArgs),
 }
 
@@ -40,6 +40,9 @@ pub struct DecodeArgs {
     /// How to hold the weights (see `srcode generate --help`).
     #[arg(long)]
     weights: Option<String>,
+    /// Compute device (`auto`, `cpu`, `cuda`, `cuda:N`).
+    #[arg(long, default_value = "auto")]
+    device: String,
     #[arg(long)]
     json: bool,
 }
@@ -56,6 +59,15 @@ pub struct TrainArgs {
     /// Train LoRA adapters of this rank instead of the full model.
     #[arg(long)]
     lora_rank: Option<usize>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Float type of weights and activations (`f32` or `bf16`).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Compute device (`auto`, `cpu`, `cuda`, `cuda:N`).
+    #[arg(long, default_value = "auto")]
+    device: String,
     #[arg(long)]
     json: bool,
 }
@@ -82,7 +94,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
     let path = home::resolve_model(a.model.as_deref())?;
     let prompt = std::fs::read_to_string(&a.prompt_file)
         .with_context(|| format!("reading {}", a.prompt_file.display()))?;
-    let device = candle_core_device()?;
+    let device = pick_device(&a.device)?;
     let lm = srcode_lm::loader::load(&path, &device, parse_weights(a.weights.as_deref())?)?;
     let ids = lm.tokenizer.encode(&prompt, false)?;
     let params = SamplingParams {
@@ -116,8 +128,17 @@ fn decode(a: DecodeArgs) -> Result<()> {
         "aggregate_tokens_per_second": agg,
         "threads": rayon_threads(),
         "weights": a.weights.as_deref().unwrap_or("default"),
+        "device": device_name(&device),
     });
     print_result(&v, a.json)
+}
+
+fn device_name(d: &srcode_lm::Device) -> &'static str {
+    if d.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
 }
 
 fn rayon_threads() -> usize {
@@ -145,13 +166,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    if a.seq_len < 2 {
-        bail!("--seq-len must be at least 2");
+    if a.seq_len < 2 || a.batch == 0 {
+        bail!("--seq-len must be at least 2 and --batch at least 1");
     }
     let path = home::resolve_model(a.model.as_deref())?;
-    let device = candle_core_device()?;
+    let device = pick_device(&a.device)?;
+    let dtype = parse_float_dtype(&a.dtype)?;
     let mode = WeightMode::Dense {
-        dtype: DType::F32,
+        dtype,
         trainable: a.lora_rank.is_none(),
     };
     let mut lm = srcode_lm::loader::load(&path, &device, Some(mode))?;
@@ -166,8 +188,10 @@ fn train(a: TrainArgs) -> Result<()> {
     // A fixed, realistic sequence: the tokenised text of a C function, repeated.
     let text = "int copy_name(char *dst, size_t n, const char *src) {\n    if (n == 0) return -1;\n    size_t len = strlen(src);\n    if (len >= n) len = n - 1;\n    memcpy(dst, src, len);\n    dst[len] = '\\0';\n    return (int)len;\n}\n";
     let base = lm.tokenizer.encode(text, false)?;
-    let ids: Vec<u32> = base.iter().cycle().take(a.seq_len).copied().collect();
-    let ids = Tensor::from_vec(ids, (1, a.seq_len), &device)?;
+    let ids: Vec<u32> = (0..a.batch)
+        .flat_map(|r| base.iter().cycle().skip(r).take(a.seq_len).copied())
+        .collect();
+    let ids = Tensor::from_vec(ids, (a.batch, a.seq_len), &device)?;
     let mut opt = AdamW::new(lm.model.trainable(), AdamWConfig::default())?;
     let (mut fw, mut bw, mut os) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=a.steps.max(1) {
@@ -177,9 +201,12 @@ fn train(a: TrainArgs) -> Result<()> {
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        // GPU kernels run asynchronously: wait for them so each phase is timed on its own.
+        device.synchronize()?;
         let t2 = Instant::now();
         opt.step(&grads, Some(1.0))?;
         drop(grads);
+        device.synchronize()?;
         let t3 = Instant::now();
         if i > 0 {
             fw.push((t1 - t0).as_secs_f64());
@@ -188,11 +215,15 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     }
     let (f, b, o) = (median(fw), median(bw), median(os));
+    let tokens = (a.seq_len * a.batch) as f64;
     let v = serde_json::json!({
         "seq_len": a.seq_len,
+        "batch": a.batch,
+        "dtype": a.dtype,
+        "device": device_name(&device),
         "mode": if a.lora_rank.is_some() { "lora" } else { "full" },
-        "tokens_per_second": a.seq_len as f64 / (f + b),
-        "step_tokens_per_second": a.seq_len as f64 / (f + b + o),
+        "tokens_per_second": tokens / (f + b),
+        "step_tokens_per_second": tokens / (f + b + o),
         "forward_seconds": f,
         "backward_seconds": b,
         "optimizer_seconds": o,

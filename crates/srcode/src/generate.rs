@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use srcode_lm::chat::ChatMessage;
 use srcode_lm::generate::{generate, SamplingParams};
@@ -53,6 +53,10 @@ pub struct GenerateArgs {
     /// model) folded into dense weights (f32 unless --weights says bf16 or f16).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Compute device: `auto` (CUDA when built with `--features cuda` and a GPU is present),
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Print JSON: {text, token_ids, logprobs, prompt_tokens, new_tokens, seconds, tokens_per_second}.
     #[arg(long)]
     pub json: bool,
@@ -66,9 +70,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         a.prompt.clone()
     };
     if a.n == 0 {
-        anyhow::bail!("--n must be at least 1");
+        bail!("--n must be at least 1");
     }
-    let device = candle_core_device()?;
+    let device = pick_device(&a.device)?;
     let t_load = Instant::now();
     let lm = load_model(&path, &device, a.weights.as_deref(), a.adapter.as_deref())?;
     tracing::info!(seconds = t_load.elapsed().as_secs_f64(), "model loaded");
@@ -139,14 +143,50 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
 /// The compute device: CUDA 0 when built with `--features cuda` and a GPU is present, else CPU.
 pub fn candle_core_device() -> Result<srcode_lm::Device> {
+    pick_device("auto")
+}
+
+/// The device a `--device` flag names: `auto` (CUDA 0 when built with `--features cuda` and a
+/// GPU is usable, else the CPU), `cpu`, `cuda` or `cuda:N`.
+pub fn pick_device(name: &str) -> Result<srcode_lm::Device> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "cpu" {
+        return Ok(srcode_lm::Device::Cpu);
+    }
+    let ordinal = match name.as_str() {
+        "auto" | "cuda" => 0,
+        _ => match name.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device `{name}`: expected auto, cpu, cuda or cuda:N"),
+        },
+    };
     #[cfg(feature = "cuda")]
     {
-        if let Ok(d) = srcode_lm::Device::new_cuda(0) {
-            return Ok(d);
+        match srcode_lm::Device::new_cuda(ordinal) {
+            Ok(d) => return Ok(d),
+            Err(e) if name != "auto" => {
+                bail!("--device {name}: no usable GPU ({e})")
+            }
+            Err(_) => tracing::warn!("built with CUDA but no GPU is usable; running on the CPU"),
         }
-        tracing::warn!("built with CUDA but no GPU is usable; running on the CPU");
+    }
+    #[cfg(not(feature = "cuda"))]
+    if name != "auto" {
+        bail!(
+            "--device {name} (GPU {ordinal}): this srcode was built without CUDA; \
+             rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh)"
+        );
     }
     Ok(srcode_lm::Device::Cpu)
+}
+
+/// The float type a `--dtype` flag names: `f32` or `bf16`.
+pub fn parse_float_dtype(name: &str) -> Result<srcode_lm::DType> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(srcode_lm::DType::F32),
+        "bf16" => Ok(srcode_lm::DType::BF16),
+        other => bail!("--dtype `{other}`: expected f32 or bf16"),
+    }
 }
 
 /// Loads a local model for inference, with `adapter` (a PEFT LoRA directory) merged into dense

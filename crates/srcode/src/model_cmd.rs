@@ -25,6 +25,10 @@ pub enum ModelCommand {
     Info(InfoArgs),
     /// Print the path of the default model in the cache.
     Path,
+    /// Write a model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json with the chat template): GGUF weights dequantised, an adapter
+    /// merged when given. `transformers`, vLLM, TRL and verl load the result.
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -49,6 +53,52 @@ pub struct InfoArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct ExportArgs {
+    /// GGUF file or Hugging Face directory (default: the fetched default model).
+    path: Option<PathBuf>,
+    /// Output directory (created; existing files of the same names are replaced).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Float type of the written weights: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// PEFT LoRA directory to merge into the weights first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+fn export(a: &ExportArgs) -> Result<()> {
+    let path = home::resolve_model(a.path.as_deref())?;
+    let dtype = crate::generate::parse_float_dtype(&a.dtype)?;
+    let device = srcode_lm::Device::Cpu;
+    let lm = match &a.adapter {
+        Some(ad) => {
+            srcode_lm::loader::load_adapted(&path, &device, ad, dtype).with_context(|| {
+                format!(
+                    "loading {} with the adapter {}",
+                    path.display(),
+                    ad.display()
+                )
+            })?
+        }
+        None => srcode_lm::loader::load(
+            &path,
+            &device,
+            Some(srcode_lm::WeightMode::Dense {
+                dtype,
+                trainable: false,
+            }),
+        )
+        .with_context(|| format!("loading {}", path.display()))?,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    srcode_lm::loader::save_pretrained(&lm, &a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!("{}", a.out.display());
+    Ok(())
+}
+
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Fetch(a) => {
@@ -57,6 +107,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             Ok(())
         }
         ModelCommand::Info(a) => info(&a),
+        ModelCommand::Export(a) => export(&a),
         ModelCommand::Path => {
             println!("{}", home::default_model_path()?.display());
             Ok(())

@@ -7,9 +7,10 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use srcode_data::PrimeVulPlus;
-use srcode_lm::{DType, Device, LoraConfig, WeightMode};
+use srcode_lm::{LoraConfig, WeightMode};
 use srcode_train::sft::{self, SftConfig};
 
+use crate::generate::{parse_float_dtype, pick_device};
 use crate::home;
 
 #[derive(Subcommand)]
@@ -97,6 +98,14 @@ pub struct RlArgs {
     /// Print the resolved configuration and a memory estimate, then exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Compute device: `auto` (CUDA when built with `--features cuda` and a GPU is present),
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Float type of weights, activations and adapters: `f32`, or `bf16` (GPU memory and speed;
+    /// small updates round away in bf16, so keep learning rates up or stay with f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 #[derive(Args)]
@@ -125,6 +134,14 @@ pub struct SftArgs {
     /// Print the resolved configuration and the dataset split, then exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// Compute device: `auto` (CUDA when built with `--features cuda` and a GPU is present),
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Float type of weights, activations and adapters: `f32`, or `bf16` (GPU memory and speed;
+    /// small updates round away in bf16, so keep learning rates up or stay with f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 /// `[sft.lora]`.
@@ -257,11 +274,13 @@ fn run_sft(a: SftArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let device = pick_device(&a.device)?;
+    let dtype = parse_float_dtype(&a.dtype)?;
     let mut lm = srcode_lm::loader::load(
         &path,
-        &Device::Cpu,
+        &device,
         Some(WeightMode::Dense {
-            dtype: DType::F32,
+            dtype,
             trainable: lora.rank == 0,
         }),
     )
@@ -453,12 +472,14 @@ fn run_rl(a: RlArgs) -> Result<()> {
         alpha: lora.alpha,
         targets: lora.targets.clone(),
     };
+    let device = pick_device(&a.device)?;
+    let dtype = parse_float_dtype(&a.dtype)?;
     let load = || -> Result<srcode_lm::loader::LoadedModel> {
         let mut lm = srcode_lm::loader::load(
             &path,
-            &Device::Cpu,
+            &device,
             Some(WeightMode::Dense {
-                dtype: DType::F32,
+                dtype,
                 trainable: false,
             }),
         )
