@@ -207,6 +207,9 @@ pub fn run(c: TrainCommand) -> Result<()> {
 }
 
 fn run_sft(a: SftArgs) -> Result<()> {
+    // Checked first: a bad flag should not wait for the data and the model to load.
+    let device = pick_device(&a.device)?;
+    let dtype = parse_float_dtype(&a.dtype)?;
     let (mut cfg, mut lora) = load_config(a.config.as_deref())?;
     if let Some(r) = a.lora_rank {
         lora.rank = r;
@@ -274,8 +277,6 @@ fn run_sft(a: SftArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let device = pick_device(&a.device)?;
-    let dtype = parse_float_dtype(&a.dtype)?;
     let mut lm = srcode_lm::loader::load(
         &path,
         &device,
@@ -366,6 +367,9 @@ fn run_sft(a: SftArgs) -> Result<()> {
 }
 
 fn run_rl(a: RlArgs) -> Result<()> {
+    // Checked first: a bad flag should not wait for the data and the model to load.
+    let device = pick_device(&a.device)?;
+    let dtype = parse_float_dtype(&a.dtype)?;
     use srcode_train::rl::{Algorithm, Granularity, RlConfig, RlPrompt, Trainer};
     use srcode_train::score::{PromptInfo, SecurityScorer};
     let (mut cfg, lora): (RlConfig, LoraSection) = section(a.config.as_deref(), "rl")?;
@@ -472,8 +476,6 @@ fn run_rl(a: RlArgs) -> Result<()> {
         alpha: lora.alpha,
         targets: lora.targets.clone(),
     };
-    let device = pick_device(&a.device)?;
-    let dtype = parse_float_dtype(&a.dtype)?;
     let load = || -> Result<srcode_lm::loader::LoadedModel> {
         let mut lm = srcode_lm::loader::load(
             &path,

@@ -249,3 +249,91 @@ fn an_rl_step_on_the_default_model_writes_metrics_and_an_adapter() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("`dpo`"));
 }
+
+#[test]
+fn an_exported_model_generates_what_the_gguf_does() {
+    let Some(gguf) = srcode_lm::tokenizer::default_test_gguf() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let r = srcode()
+        .args(["model", "export"])
+        .arg(&gguf)
+        .arg("--out")
+        .arg(&hf)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(f).is_file(), "export wrote no {f}");
+    }
+    let greedy = |model: &Path, extra: &[&str]| -> serde_json::Value {
+        let r = srcode()
+            .args([
+                "generate",
+                "--device",
+                "cpu",
+                "--chat",
+                "--temperature",
+                "0",
+            ])
+            .args([
+                "--max-new-tokens",
+                "12",
+                "--json",
+                "--prompt",
+                "Write a C add function.",
+            ])
+            .arg("--model")
+            .arg(model)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_slice(&r.stdout).unwrap()
+    };
+    let a = greedy(&gguf, &["--weights", "f32"]);
+    let b = greedy(&hf, &["--weights", "f32"]);
+    assert_eq!(a["token_ids"], b["token_ids"]);
+    assert_eq!(a["text"], b["text"]);
+}
+
+#[test]
+fn device_and_dtype_flags_reject_what_this_build_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pv.jsonl");
+    samples(&data, 2);
+    let r = srcode()
+        .args(["train", "sft", "--dtype", "f16", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("sft"))
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("--dtype `f16`"), "{err}");
+    let r = srcode()
+        .args(["generate", "--device", "tpu", "--prompt", "x"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("--device `tpu`"), "{err}");
+    #[cfg(not(feature = "cuda"))]
+    {
+        let r = srcode()
+            .args(["generate", "--device", "cuda", "--prompt", "x"])
+            .output()
+            .unwrap();
+        assert!(!r.status.success());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains("built without CUDA"), "{err}");
+    }
+}
