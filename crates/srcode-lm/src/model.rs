@@ -144,7 +144,13 @@ fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, inner))?;
-    let y = x2.matmul(&w.t()?)?;
+    // A weight that takes no gradient while the input does (LoRA's base, the RL reference's
+    // policy-side inputs): skip the weight-gradient product in the backward pass.
+    let y = if x2.track_op() && !w.track_op() && w.is_contiguous() {
+        crate::ops::matmul_frozen_wt(&x2, w)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let mut out = dims;
     let last = out.len() - 1;
     out[last] = w.dim(0)?;

@@ -511,3 +511,33 @@ fn adamw_tensor_path_matches_the_fused_update_and_saves_its_state() {
         .unwrap();
     assert_eq!(y, z);
 }
+
+#[test]
+fn a_frozen_weight_matmul_gives_the_input_gradient_and_none_to_the_weight() {
+    let xs: Vec<f32> = (0..15).map(|i| (i as f32 * 0.61).sin()).collect();
+    let ws: Vec<f32> = (0..20).map(|i| (i as f32 * 0.23).cos()).collect();
+    let x = Var::from_vec(xs, (3, 5), &Device::Cpu).unwrap();
+    let w = Tensor::from_vec(ws, (4, 5), &Device::Cpu).unwrap();
+    let g = Tensor::from_vec(
+        (0..12).map(|i| i as f32 - 5.0).collect(),
+        (3, 4),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let fast = srcode_lm::ops::matmul_frozen_wt(x.as_tensor(), &w).unwrap();
+    let plain = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+    assert!(max_abs_diff(&fast, &plain) < 1e-6);
+    let gf = (&fast * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let gp = (&plain * &g)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (a, b) = (
+        gf.get(x.as_tensor()).unwrap(),
+        gp.get(x.as_tensor()).unwrap(),
+    );
+    assert!(max_abs_diff(a, b) < 1e-5);
+    assert!(gf.get(&w).is_none(), "the frozen weight got a gradient");
+}
