@@ -189,14 +189,20 @@ pub fn matmul_frozen_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 struct FrozenMatmulWt;
 
 impl FrozenMatmulWt {
-    /// `(m, n, k)` and the layout of `wᵀ`.
-    fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize, Layout)> {
+    /// `x @ wᵀ` on any backend's storage: the `(1, m, n, k)` matmul with `w`'s layout transposed.
+    fn fwd<S: candle_core::backend::BackendStorage>(
+        s1: &S,
+        l1: &Layout,
+        s2: &S,
+        l2: &Layout,
+    ) -> candle_core::Result<(S, Shape)> {
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("frozen matmul: x has {k} columns, w has {k2}");
         }
-        Ok((m, n, k, l2.transpose(0, 1)?))
+        let wt = l2.transpose(0, 1)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, Shape::from((m, n))))
     }
 }
 
@@ -212,9 +218,7 @@ impl CustomOp2 for FrozenMatmulWt {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, n, k, wt) = Self::dims(l1, l2)?;
-        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, Shape::from((m, n))))
+        Self::fwd(s1, l1, s2, l2)
     }
 
     #[cfg(feature = "cuda")]
@@ -225,9 +229,7 @@ impl CustomOp2 for FrozenMatmulWt {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, n, k, wt) = Self::dims(l1, l2)?;
-        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, Shape::from((m, n))))
+        Self::fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
