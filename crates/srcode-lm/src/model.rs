@@ -799,6 +799,16 @@ impl Llama {
             None => (k, v),
         };
         let s = k.dim(2)?;
+        if t == 1
+            && mask.is_none()
+            && !grad
+            && x.device().is_cpu()
+            && q.dtype() == DType::F32
+            && k.dtype() == DType::F32
+        {
+            let y = ops::decode_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt())?;
+            return blk.o.forward(&y);
+        }
         let rep = nh / nkv;
         // Grouped-query attention without copying K/V: fold the query heads that share a K/V head
         // into the row dimension.

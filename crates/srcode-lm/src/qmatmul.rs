@@ -337,17 +337,99 @@ impl CustomOp1 for PackedMatmulOp<'_> {
     }
 }
 
+/// The SIMD kernel products run on, chosen once per process from the CPU's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA + F16C: `maddubs` and `madd` per 32 weights.
+    Avx2,
+    /// AVX-512 VNNI on 256-bit vectors: one `dpbusd` per 32 weights.
+    Vnni,
+}
+
+impl Kernel {
+    /// Kernels this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 {
+                k.push(Kernel::Avx2);
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    k.push(Kernel::Vnni);
+                }
+            }
+        }
+        k
+    }
+
+    /// The kernel products use: the fastest available, or the one `SRCODE_QKERNEL` names
+    /// (`portable`, `avx2`, `vnni`; for benchmarks) when this CPU can run it.
+    pub fn current() -> Kernel {
+        static K: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *K.get_or_init(|| {
+            let avail = Kernel::available();
+            let best = avail.last().copied().unwrap_or(Kernel::Portable);
+            match std::env::var("SRCODE_QKERNEL").ok().as_deref() {
+                None | Some("") => best,
+                Some(name) => match avail.iter().find(|k| k.name() == name) {
+                    Some(&k) => k,
+                    None => {
+                        tracing::warn!(
+                            "SRCODE_QKERNEL={name}: not a kernel this CPU runs ({}); using {}",
+                            avail
+                                .iter()
+                                .map(|k| k.name())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            best.name()
+                        );
+                        best
+                    }
+                },
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Vnni => "vnni",
+        }
+    }
+}
+
 /// Products of a stripe of weight rows with all activation rows: `res[j * m + i]` is weight row
 /// `j` of the stripe times activation row `i`.
 fn stripe(kind: PackedKind, wrows: &[u8], acts: &Acts, m: usize, res: &mut [f32]) {
+    stripe_with(Kernel::current(), kind, wrows, acts, m, res)
+}
+
+fn stripe_with(
+    kernel: Kernel,
+    kind: PackedKind,
+    wrows: &[u8],
+    acts: &Acts,
+    m: usize,
+    res: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected; slices are sized by the caller.
-            unsafe { avx2::stripe(kind, wrows, acts, m, res) };
-            return;
-        }
+    match kernel {
+        // SAFETY: `Kernel::available` detected the features; slices are sized by the caller.
+        Kernel::Avx2 => return unsafe { avx2::stripe(kind, wrows, acts, m, res) },
+        // SAFETY: as above.
+        Kernel::Vnni => return unsafe { vnni::stripe(kind, wrows, acts, m, res) },
+        Kernel::Portable => {}
     }
+    let _ = kernel;
     let bpr = acts.bpr;
     let row_bytes = bpr * kind.block_bytes();
     for (j, wrow) in wrows.chunks(row_bytes).enumerate() {
@@ -358,21 +440,6 @@ fn stripe(kind: PackedKind, wrows: &[u8], acts: &Acts, m: usize, res: &mut [f32]
             res[j * m + m0..j * m + m0 + mm].copy_from_slice(&acc[..mm]);
         }
     }
-}
-
-/// Dot products of one weight row with `mm` activation rows.
-#[cfg(test)]
-fn dot_rows(kind: PackedKind, wrow: &[u8], acts: &Acts, mm: usize, acc: &mut [f32; MAX_ROWS]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            let (blocks, sums) = acts.group(0, mm);
-            // SAFETY: the features were just detected; slices are sized by `Acts`.
-            unsafe { avx2::dot_rows(kind, wrow, blocks, sums, acts.bpr, mm, acc) };
-            return;
-        }
-    }
-    dot_rows_portable(kind, wrow, acts.group(0, mm).0, acts.bpr, mm, acc);
 }
 
 fn dot_rows_portable(
@@ -411,149 +478,185 @@ fn dot_rows_portable(
     }
 }
 
+/// The x86 kernels, written once: `$features` are the target features of the module's
+/// functions, and the module defines `dot_u8i8(w, a)`, the eight i32 sums of four
+/// unsigned-times-signed byte products each.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_kernels {
+    ($features:literal) => {
+        use super::MAX_ROWS;
+        use super::{ActBlock, Acts, PackedKind};
+        use std::arch::x86_64::*;
+
+        /// A stripe of weight rows: each weight block is unpacked once and applied to every
+        /// activation row (up to `MAX_ROWS` at a time), so several sequences cost little more
+        /// than one. (Interleaving several weight rows instead, re-unpacking each block per
+        /// activation row, measured 15-30% slower.)
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn stripe(
+            kind: PackedKind,
+            wrows: &[u8],
+            acts: &Acts,
+            m: usize,
+            res: &mut [f32],
+        ) {
+            let bpr = acts.bpr;
+            let row_bytes = bpr * kind.block_bytes();
+            let mut acc = [0f32; MAX_ROWS];
+            for (j, wrow) in wrows.chunks_exact(row_bytes).enumerate() {
+                let mut m0 = 0;
+                while m0 < m {
+                    let mm = (m - m0).min(MAX_ROWS);
+                    let (blocks, sums) = acts.group(m0, mm);
+                    dot_rows(kind, wrow, blocks, sums, bpr, mm, &mut acc);
+                    res[j * m + m0..j * m + m0 + mm].copy_from_slice(&acc[..mm]);
+                    m0 += mm;
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        /// Dot products of one weight row with `mm` (1..=`MAX_ROWS`) activation rows.
+        /// Dispatches to a copy specialised for the row count, so the accumulators stay in
+        /// registers (a loop over a run-time count kept them on the stack and ran the batch-8
+        /// product at half speed).
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn dot_rows(
+            kind: PackedKind,
+            wrow: &[u8],
+            acts: &[ActBlock],
+            sums: &[f32],
+            bpr: usize,
+            mm: usize,
+            out: &mut [f32; MAX_ROWS],
+        ) {
+            match (kind, mm) {
+                (PackedKind::Q4_1, 1) => dot_q4_1::<1>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 2) => dot_q4_1::<2>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 3) => dot_q4_1::<3>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 4) => dot_q4_1::<4>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 5) => dot_q4_1::<5>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 6) => dot_q4_1::<6>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 7) => dot_q4_1::<7>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q4_1, 8) => dot_q4_1::<8>(wrow, acts, sums, bpr, out),
+                (PackedKind::Q8_0, 1) => dot_q8_0::<1>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 2) => dot_q8_0::<2>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 3) => dot_q8_0::<3>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 4) => dot_q8_0::<4>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 5) => dot_q8_0::<5>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 6) => dot_q8_0::<6>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 7) => dot_q8_0::<7>(wrow, acts, bpr, out),
+                (PackedKind::Q8_0, 8) => dot_q8_0::<8>(wrow, acts, bpr, out),
+                _ => unreachable!("row count {mm} outside 1..={MAX_ROWS}"),
+            }
+        }
+
+        #[inline]
+        #[allow(clippy::needless_range_loop)] // `i` indexes accumulators and activation rows
+        #[target_feature(enable = $features)]
+        unsafe fn dot_q4_1<const N: usize>(
+            wrow: &[u8],
+            acts: &[ActBlock],
+            sums: &[f32],
+            bpr: usize,
+            out: &mut [f32; MAX_ROWS],
+        ) {
+            let mask = _mm_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); N];
+            // Lane `i` of `mins` gathers row `i`'s minimum term: one register whatever N.
+            let mut mins = _mm256_setzero_ps();
+            let wp = wrow.as_ptr();
+            for b in 0..bpr {
+                let blk = wp.add(b * 20);
+                // The block's f16 scale and minimum, converted together (F16C).
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let dv = _mm256_broadcastss_ps(dm);
+                let mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                let lo = _mm_and_si128(raw, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                let w = _mm256_set_m128i(hi, lo);
+                for i in 0..N {
+                    let a = acts.get_unchecked(i * bpr + b);
+                    let av = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+                    let p32 = dot_u8i8(w, av);
+                    let scale = _mm256_mul_ps(dv, _mm256_broadcast_ss(&a.d));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc[i]);
+                }
+                let sv = _mm256_loadu_ps(sums.as_ptr().add(b * MAX_ROWS));
+                mins = _mm256_fmadd_ps(mv, sv, mins);
+            }
+            let mut mvs = [0f32; 8];
+            _mm256_storeu_ps(mvs.as_mut_ptr(), mins);
+            for i in 0..N {
+                out[i] = hsum(acc[i]) + mvs[i];
+            }
+        }
+
+        #[inline]
+        #[allow(clippy::needless_range_loop)] // `i` indexes accumulators and activation rows
+        #[target_feature(enable = $features)]
+        unsafe fn dot_q8_0<const N: usize>(
+            wrow: &[u8],
+            acts: &[ActBlock],
+            bpr: usize,
+            out: &mut [f32; MAX_ROWS],
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let wp = wrow.as_ptr();
+            for b in 0..bpr {
+                let blk = wp.add(b * 36);
+                let d = (blk as *const f32).read_unaligned();
+                let w = _mm256_loadu_si256(blk.add(4) as *const __m256i);
+                // Signed times signed as unsigned times signed: |w| · (a · sign w).
+                let wabs = _mm256_sign_epi8(w, w);
+                let dv = _mm256_set1_ps(d);
+                for i in 0..N {
+                    let a = acts.get_unchecked(i * bpr + b);
+                    let av = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+                    let p32 = dot_u8i8(wabs, _mm256_sign_epi8(av, w));
+                    let scale = _mm256_mul_ps(dv, _mm256_broadcast_ss(&a.d));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc[i]);
+                }
+            }
+            for i in 0..N {
+                out[i] = hsum(acc[i]);
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::MAX_ROWS;
-    use super::{ActBlock, Acts, PackedKind};
-    use half::f16;
-    use std::arch::x86_64::*;
+    x86_kernels!("avx2,fma,f16c");
 
-    /// A stripe of weight rows: each weight block is unpacked once and applied to every
-    /// activation row (up to `MAX_ROWS` at a time), so several sequences cost little more than
-    /// one. (Interleaving several weight rows instead, re-unpacking each block per activation
-    /// row, measured 15-30% slower.)
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn stripe(
-        kind: PackedKind,
-        wrows: &[u8],
-        acts: &Acts,
-        m: usize,
-        res: &mut [f32],
-    ) {
-        let bpr = acts.bpr;
-        let row_bytes = bpr * kind.block_bytes();
-        let mut acc = [0f32; MAX_ROWS];
-        for (j, wrow) in wrows.chunks_exact(row_bytes).enumerate() {
-            let mut m0 = 0;
-            while m0 < m {
-                let mm = (m - m0).min(MAX_ROWS);
-                let (blocks, sums) = acts.group(m0, mm);
-                dot_rows(kind, wrow, blocks, sums, bpr, mm, &mut acc);
-                res[j * m + m0..j * m + m0 + mm].copy_from_slice(&acc[..mm]);
-                m0 += mm;
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Dot products of one weight row with `mm` (1..=`MAX_ROWS`) activation rows. Dispatches to
-    /// a copy specialised for the row count, so the accumulators stay in registers (a loop over a
-    /// run-time count kept them on the stack and ran the batch-8 product at half speed).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows(
-        kind: PackedKind,
-        wrow: &[u8],
-        acts: &[ActBlock],
-        sums: &[f32],
-        bpr: usize,
-        mm: usize,
-        out: &mut [f32; MAX_ROWS],
-    ) {
-        macro_rules! go {
-            ($($n:literal)*) => {
-                match (kind, mm) {
-                    $(
-                        (PackedKind::Q4_1, $n) => dot_q4_1::<$n>(wrow, acts, sums, bpr, out),
-                        (PackedKind::Q8_0, $n) => dot_q8_0::<$n>(wrow, acts, bpr, out),
-                    )*
-                    _ => unreachable!("row count {mm} outside 1..={MAX_ROWS}"),
-                }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8)
-    }
-
+    /// `maddubs` (byte pairs into saturating i16) then `madd` with ones. No pair saturates:
+    /// weights are at most 15 (Q4_1) or 127 in magnitude (Q8_0), activations at most 127.
     #[inline]
-    #[allow(clippy::needless_range_loop)] // `i` indexes accumulators and activation rows alike
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q4_1<const N: usize>(
-        wrow: &[u8],
-        acts: &[ActBlock],
-        sums: &[f32],
-        bpr: usize,
-        out: &mut [f32; MAX_ROWS],
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        let mask = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); N];
-        // Lane `i` of `mins` gathers row `i`'s minimum term, so it costs one register whatever N.
-        let mut mins = _mm256_setzero_ps();
-        let wp = wrow.as_ptr();
-        for b in 0..bpr {
-            let blk = wp.add(b * 20);
-            let d = f16::from_bits(u16::from_le_bytes([*blk, *blk.add(1)])).to_f32();
-            let m = f16::from_bits(u16::from_le_bytes([*blk.add(2), *blk.add(3)])).to_f32();
-            let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let w = _mm256_set_m128i(hi, lo);
-            let dv = _mm256_set1_ps(d);
-            for i in 0..N {
-                let a = acts.get_unchecked(i * bpr + b);
-                let av = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, av), ones);
-                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(p32), dv);
-                acc[i] = _mm256_fmadd_ps(scaled, _mm256_broadcast_ss(&a.d), acc[i]);
-            }
-            let sv = _mm256_loadu_ps(sums.as_ptr().add(b * MAX_ROWS));
-            mins = _mm256_fmadd_ps(_mm256_set1_ps(m), sv, mins);
-        }
-        let mut mv = [0f32; 8];
-        _mm256_storeu_ps(mv.as_mut_ptr(), mins);
-        for i in 0..N {
-            out[i] = hsum(acc[i]) + mv[i];
-        }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_u8i8(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
     }
+}
 
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    x86_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni");
+
+    /// One `vpdpbusd`: four byte products summed into each i32 lane, without saturation.
     #[inline]
-    #[allow(clippy::needless_range_loop)] // `i` indexes accumulators and activation rows alike
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q8_0<const N: usize>(
-        wrow: &[u8],
-        acts: &[ActBlock],
-        bpr: usize,
-        out: &mut [f32; MAX_ROWS],
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let wp = wrow.as_ptr();
-        for b in 0..bpr {
-            let blk = wp.add(b * 36);
-            let d = f32::from_le_bytes([*blk, *blk.add(1), *blk.add(2), *blk.add(3)]);
-            let w = _mm256_loadu_si256(blk.add(4) as *const __m256i);
-            let wabs = _mm256_sign_epi8(w, w);
-            let dv = _mm256_set1_ps(d);
-            for i in 0..N {
-                let a = acts.get_unchecked(i * bpr + b);
-                let av = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                let p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, w));
-                let p32 = _mm256_madd_epi16(p16, ones);
-                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(p32), dv);
-                acc[i] = _mm256_fmadd_ps(scaled, _mm256_broadcast_ss(&a.d), acc[i]);
-            }
-        }
-        for i in 0..N {
-            out[i] = hsum(acc[i]);
-        }
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_u8i8(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
     }
 }
 
@@ -615,15 +718,17 @@ mod tests {
                 let wrow = &p.data[..3 * kind.block_bytes()];
                 let mut portable = [0f32; MAX_ROWS];
                 dot_rows_portable(kind, wrow, &acts.blocks, 3, mm, &mut portable);
-                let mut fast = [0f32; MAX_ROWS];
-                dot_rows(kind, wrow, &acts, mm, &mut fast);
-                for i in 0..mm {
-                    assert!(
-                        (portable[i] - fast[i]).abs() < 1e-3,
-                        "{kind:?} rows {mm}, row {i}: {} vs {}",
-                        portable[i],
-                        fast[i]
-                    );
+                for kernel in Kernel::available() {
+                    let mut fast = vec![0f32; mm];
+                    stripe_with(kernel, kind, wrow, &acts, mm, &mut fast);
+                    for i in 0..mm {
+                        assert!(
+                            (portable[i] - fast[i]).abs() < 1e-3,
+                            "{kind:?} {kernel:?} rows {mm}, row {i}: {} vs {}",
+                            portable[i],
+                            fast[i]
+                        );
+                    }
                 }
             }
         }
