@@ -231,8 +231,19 @@ fn quantize_row_portable(x: &[f32], out: &mut [ActBlock]) {
 struct Acts {
     blocks: Vec<ActBlock>,
     sums: Vec<f32>,
+    /// Each block's scale `d`, laid out as `sums`.
+    ds: Vec<f32>,
+    /// For `LANE_MIN_ROWS` rows or more: the bytes re-laid per group of `MAX_ROWS` rows as
+    /// `[block][four-byte group g][row][4]`, so one 32-byte load holds bytes `4g..4g+4` of
+    /// every row and one integer dot product step serves all rows of the group at once (rows
+    /// past the end of the batch are zero).
+    lanes: Vec<u8>,
     bpr: usize,
 }
+
+/// From this many rows on, the kernels work on [`Acts::lanes`] (all rows of a group per
+/// instruction) rather than row by row.
+const LANE_MIN_ROWS: usize = 3;
 
 impl Acts {
     fn quantize(x: &[f32], k: usize) -> Self {
@@ -258,13 +269,39 @@ impl Acts {
         }
         let groups = m.div_ceil(MAX_ROWS);
         let mut sums = vec![0f32; groups * bpr * MAX_ROWS];
+        let mut ds = vec![0f32; groups * bpr * MAX_ROWS];
+        let with_lanes = m >= LANE_MIN_ROWS;
+        let mut lanes = vec![
+            0u8;
+            if with_lanes {
+                groups * bpr * QK * MAX_ROWS
+            } else {
+                0
+            }
+        ];
         for (r, row) in blocks.chunks(bpr).enumerate() {
             let (g, i) = (r / MAX_ROWS, r % MAX_ROWS);
             for (b, blk) in row.iter().enumerate() {
-                sums[(g * bpr + b) * MAX_ROWS + i] = blk.s;
+                let at = (g * bpr + b) * MAX_ROWS + i;
+                sums[at] = blk.s;
+                ds[at] = blk.d;
+                if with_lanes {
+                    let base = (g * bpr + b) * QK * MAX_ROWS + i * 4;
+                    for (gg, four) in blk.q.chunks_exact(4).enumerate() {
+                        for (c, &q) in four.iter().enumerate() {
+                            lanes[base + gg * 4 * MAX_ROWS + c] = q as u8;
+                        }
+                    }
+                }
             }
         }
-        Acts { blocks, sums, bpr }
+        Acts {
+            blocks,
+            sums,
+            ds,
+            lanes,
+            bpr,
+        }
     }
 
     /// Blocks of rows `m0..m0 + mm` (`m0` a multiple of `MAX_ROWS`) and their group's sums.
@@ -273,6 +310,17 @@ impl Acts {
         let n = self.bpr * MAX_ROWS;
         (
             &self.blocks[m0 * self.bpr..(m0 + mm) * self.bpr],
+            &self.sums[g * n..(g + 1) * n],
+        )
+    }
+
+    /// The group of `m0`'s lanes, scales and sums (see [`Acts::lanes`]).
+    fn group_lanes(&self, m0: usize) -> (&[u8], &[f32], &[f32]) {
+        let g = m0 / MAX_ROWS;
+        let n = self.bpr * MAX_ROWS;
+        (
+            &self.lanes[g * n * QK..(g + 1) * n * QK],
+            &self.ds[g * n..(g + 1) * n],
             &self.sums[g * n..(g + 1) * n],
         )
     }
@@ -516,8 +564,16 @@ macro_rules! x86_kernels {
                 let mut m0 = 0;
                 while m0 < m {
                     let mm = (m - m0).min(MAX_ROWS);
-                    let (blocks, sums) = acts.group(m0, mm);
-                    dot_rows(kind, wrow, blocks, sums, bpr, mm, &mut acc);
+                    if m >= super::LANE_MIN_ROWS {
+                        let (lanes, ds, sums) = acts.group_lanes(m0);
+                        match kind {
+                            PackedKind::Q4_1 => lanes_q4_1(wrow, lanes, ds, sums, bpr, &mut acc),
+                            PackedKind::Q8_0 => lanes_q8_0(wrow, lanes, ds, bpr, &mut acc),
+                        }
+                    } else {
+                        let (blocks, sums) = acts.group(m0, mm);
+                        dot_rows(kind, wrow, blocks, sums, bpr, mm, &mut acc);
+                    }
                     res[j * m + m0..j * m + m0 + mm].copy_from_slice(&acc[..mm]);
                     m0 += mm;
                 }
@@ -611,6 +667,83 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// One Q4_1 weight row against a whole group of rows in [`Acts::lanes`] layout: per
+        /// four weight bytes, one broadcast and one integer dot step for all eight rows, and
+        /// one scaling per block instead of one per row.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn lanes_q4_1(
+            wrow: &[u8],
+            lanes: &[u8],
+            ds: &[f32],
+            sums: &[f32],
+            bpr: usize,
+            out: &mut [f32; MAX_ROWS],
+        ) {
+            let mask = _mm256_set1_epi8(0x0F);
+            let mut acc = _mm256_setzero_ps();
+            let mut mins = _mm256_setzero_ps();
+            let wp = wrow.as_ptr();
+            let lp = lanes.as_ptr();
+            for b in 0..bpr {
+                let blk = wp.add(b * 20);
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let dv = _mm256_broadcastss_ps(dm);
+                let mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                let l = lp.add(b * 256);
+                let mut p = _mm256_setzero_si256();
+                for g in 0..4 {
+                    // Bytes 4g..4g+4 hold weights 4g.. (low nibbles) and 16+4g.. (high).
+                    let r = _mm256_set1_epi32((blk.add(4 + 4 * g) as *const i32).read_unaligned());
+                    let lo = _mm256_and_si256(r, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(r, 4), mask);
+                    p = dot_acc(p, lo, _mm256_loadu_si256(l.add(g * 32) as *const __m256i));
+                    p = dot_acc(
+                        p,
+                        hi,
+                        _mm256_loadu_si256(l.add((g + 4) * 32) as *const __m256i),
+                    );
+                }
+                let scale = _mm256_mul_ps(dv, _mm256_loadu_ps(ds.as_ptr().add(b * MAX_ROWS)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
+                let sv = _mm256_loadu_ps(sums.as_ptr().add(b * MAX_ROWS));
+                mins = _mm256_fmadd_ps(mv, sv, mins);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, mins));
+        }
+
+        /// [`lanes_q4_1`] for Q8_0 weights (signed: `|w| · (a · sign w)`).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn lanes_q8_0(
+            wrow: &[u8],
+            lanes: &[u8],
+            ds: &[f32],
+            bpr: usize,
+            out: &mut [f32; MAX_ROWS],
+        ) {
+            let mut acc = _mm256_setzero_ps();
+            let wp = wrow.as_ptr();
+            let lp = lanes.as_ptr();
+            for b in 0..bpr {
+                let blk = wp.add(b * 36);
+                let d = (blk as *const f32).read_unaligned();
+                let l = lp.add(b * 256);
+                let mut p = _mm256_setzero_si256();
+                for g in 0..8 {
+                    let w = _mm256_set1_epi32((blk.add(4 + 4 * g) as *const i32).read_unaligned());
+                    let a = _mm256_loadu_si256(l.add(g * 32) as *const __m256i);
+                    p = dot_acc(p, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+                }
+                let scale = _mm256_mul_ps(
+                    _mm256_set1_ps(d),
+                    _mm256_loadu_ps(ds.as_ptr().add(b * MAX_ROWS)),
+                );
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+
         #[inline]
         #[allow(clippy::needless_range_loop)] // `i` indexes accumulators and activation rows
         #[target_feature(enable = $features)]
@@ -656,6 +789,13 @@ mod avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
     }
 
+    /// `acc + dot_u8i8(w, a)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_acc(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, dot_u8i8(w, a))
+    }
+
     /// [`super::quantize_row_portable`] in AVX2, 32 values at a time. It rounds halves to even
     /// where the portable code rounds them away from zero, which changes a product by at most
     /// one activation step.
@@ -679,7 +819,10 @@ mod avx2 {
             let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
             let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, id)));
             let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
             let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
             let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1)));
             // i32 → i16 → i8 packs work per 128-bit lane; the permute restores the order.
@@ -703,6 +846,13 @@ mod vnni {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     unsafe fn dot_u8i8(w: __m256i, a: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+    }
+
+    /// `acc + dot_u8i8(w, a)`, fused.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_acc(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, a)
     }
 }
 
@@ -782,7 +932,11 @@ mod tests {
 
     #[test]
     fn simd_activation_quantisation_matches_the_portable_one() {
-        let x = rand_tensor(3, 96, 5).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = rand_tensor(3, 96, 5)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let blank = ActBlock {
             d: 0.0,
             s: 0.0,
@@ -795,7 +949,11 @@ mod tests {
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(w.d, g.d);
             // Only ties round differently (to even rather than away from zero).
-            assert!(w.q.iter().zip(&g.q).all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1));
+            assert!(w
+                .q
+                .iter()
+                .zip(&g.q)
+                .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1));
             let sum: i32 = g.q.iter().map(|&q| q as i32).sum();
             assert!((g.s - g.d * sum as f32).abs() < 1e-6);
         }
