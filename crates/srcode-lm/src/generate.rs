@@ -184,6 +184,42 @@ struct Row<'a> {
     stop_at: Option<usize>,
     finish: Option<FinishReason>,
     rng: rand::rngs::StdRng,
+    /// Candidate buffer of [`sample_row`], kept across steps.
+    scratch: Vec<(u32, f32)>,
+}
+
+/// A pointer shared by pool tasks that touch disjoint elements behind it.
+struct Disjoint<T>(*mut T);
+// SAFETY: every use hands each task its own indices; see `sample_rows`.
+unsafe impl<T> Sync for Disjoint<T> {}
+
+/// Samples every active row (`rows[k]` reads `logits[k]`) on candle's worker pool: the
+/// log-sum-exp over the vocabulary is the largest serial cost of a batched decode step, and
+/// the second core would otherwise wait. Each row has its own generator, so the tokens are those
+/// of sampling one row after another.
+fn sample_rows(logits: &[Vec<f32>], rows: &mut [&mut Row<'_>]) -> Vec<(u32, f32)> {
+    let mut picks = vec![(0u32, 0f32); rows.len()];
+    if rows.len() < 2 {
+        for ((pick, row), l) in picks.iter_mut().zip(rows.iter_mut()).zip(logits) {
+            *pick = sample_row(l, row.params, &mut row.rng, &mut row.scratch);
+        }
+        return picks;
+    }
+    let rp = Disjoint(rows.as_mut_ptr());
+    let pp = Disjoint(picks.as_mut_ptr());
+    let n = rows.len().min(logits.len());
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        let (rp, pp) = (&rp, &pp);
+        for k in range {
+            // SAFETY: task k alone touches rows[k] and picks[k] (k < n ≤ both lengths), and
+            // both outlive the pool call.
+            unsafe {
+                let row: &mut Row<'_> = &mut **rp.0.add(k);
+                *pp.0.add(k) = sample_row(&logits[k], row.params, &mut row.rng, &mut row.scratch);
+            }
+        }
+    });
+    picks
 }
 
 /// One row of a [`generate_rows`] batch: its prompt, its own sampling settings and its seed.
@@ -310,6 +346,7 @@ pub fn generate_rows(
             stop_at: None,
             finish: None,
             rng: rand::rngs::StdRng::seed_from_u64(s.seed),
+            scratch: Vec::new(),
         })
         .collect();
     let max_new = rows.iter().map(|r| r.max_new).max().unwrap_or(0);
@@ -342,14 +379,23 @@ pub fn generate_rows(
 
     let t1 = Instant::now();
     let mut active: Vec<usize> = (0..rows.len()).collect();
-    let mut scratch = Vec::new();
+    let mut is_active = vec![true; rows.len()];
     while !active.is_empty() {
         let l = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        // `active` stays in ascending order, so the k-th active row reads logits row k.
+        let picks = {
+            let mut live: Vec<&mut Row<'_>> = rows
+                .iter_mut()
+                .zip(&is_active)
+                .filter_map(|(r, &a)| a.then_some(r))
+                .collect();
+            sample_rows(&l, &mut live)
+        };
         let mut next = Vec::with_capacity(active.len());
         for (slot, &ri) in active.iter().enumerate() {
             let row = &mut rows[ri];
             let p = row.params;
-            let (t, lp) = sample_row(&l[slot], p, &mut row.rng, &mut scratch);
+            let (t, lp) = picks[slot];
             row.tokens.push(t);
             row.logprobs.push(lp);
             stats.decode_tokens += 1;
@@ -383,6 +429,10 @@ pub fn generate_rows(
         if keep.len() != active.len() {
             cache.retain_rows(&keep)?;
             active = keep.iter().map(|&s| active[s]).collect();
+            is_active.iter_mut().for_each(|a| *a = false);
+            for &ri in &active {
+                is_active[ri] = true;
+            }
             next = keep.iter().map(|&s| next[s]).collect();
             pad_left = keep.iter().map(|&s| pad_left[s]).collect();
         }
