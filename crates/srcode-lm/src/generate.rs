@@ -188,11 +188,6 @@ struct Row<'a> {
     scratch: Vec<(u32, f32)>,
 }
 
-/// A pointer shared by pool tasks that touch disjoint elements behind it.
-struct Disjoint<T>(*mut T);
-// SAFETY: every use hands each task its own indices; see `sample_rows`.
-unsafe impl<T> Sync for Disjoint<T> {}
-
 /// Samples every active row (`rows[k]` reads `logits[k]`) on candle's worker pool: the
 /// log-sum-exp over the vocabulary is the largest serial cost of a batched decode step, and
 /// the second core would otherwise wait. Each row has its own generator, so the tokens are those
@@ -205,8 +200,8 @@ fn sample_rows(logits: &[Vec<f32>], rows: &mut [&mut Row<'_>]) -> Vec<(u32, f32)
         }
         return picks;
     }
-    let rp = Disjoint(rows.as_mut_ptr());
-    let pp = Disjoint(picks.as_mut_ptr());
+    let rp = crate::ops::Disjoint(rows.as_mut_ptr());
+    let pp = crate::ops::Disjoint(picks.as_mut_ptr());
     let n = rows.len().min(logits.len());
     candle_core::utils::barrier_pool().execute_chunked(n, |range| {
         let (rp, pp) = (&rp, &pp);
@@ -379,15 +374,16 @@ pub fn generate_rows(
 
     let t1 = Instant::now();
     let mut active: Vec<usize> = (0..rows.len()).collect();
-    let mut is_active = vec![true; rows.len()];
     while !active.is_empty() {
         let l = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-        // `active` stays in ascending order, so the k-th active row reads logits row k.
+        // `active` stays in ascending order, so one pass over `rows` picks the active ones,
+        // the k-th reading logits row k.
         let picks = {
+            let mut want = active.iter().copied().peekable();
             let mut live: Vec<&mut Row<'_>> = rows
                 .iter_mut()
-                .zip(&is_active)
-                .filter_map(|(r, &a)| a.then_some(r))
+                .enumerate()
+                .filter_map(|(ri, r)| want.next_if_eq(&ri).map(|_| r))
                 .collect();
             sample_rows(&l, &mut live)
         };
@@ -429,10 +425,6 @@ pub fn generate_rows(
         if keep.len() != active.len() {
             cache.retain_rows(&keep)?;
             active = keep.iter().map(|&s| active[s]).collect();
-            is_active.iter_mut().for_each(|a| *a = false);
-            for &ri in &active {
-                is_active[ri] = true;
-            }
             next = keep.iter().map(|&s| next[s]).collect();
             pad_left = keep.iter().map(|&s| pad_left[s]).collect();
         }

@@ -258,8 +258,8 @@ struct DecodeAttention {
     scale: f32,
 }
 
-/// Element offset of `[i0, i1, i2, 0]` and the stride of dimension 2 of a rank-4 layout whose
-/// last dimension is contiguous.
+/// Dims of a rank-4 layout whose last dimension is contiguous, and `[stride 0, stride 1,
+/// stride 2, start offset]` (all in elements).
 fn strided4(l: &Layout, what: &str) -> candle_core::Result<([usize; 4], [usize; 4])> {
     let d = l.dims();
     let st = l.stride();
@@ -301,7 +301,7 @@ impl candle_core::CustomOp3 for DecodeAttention {
         );
         let rep = nh / nkv;
         let mut out = vec![0f32; b * nh * hd];
-        let out_ptr = SharedF32(out.as_mut_ptr());
+        let out_ptr = Disjoint(out.as_mut_ptr());
         let scale = self.scale;
         // One task per (sequence, query head); candle's spinning pool, as the matrix products.
         candle_core::utils::barrier_pool().execute_chunked(b * nh, |range| {
@@ -346,10 +346,12 @@ impl candle_core::CustomOp3 for DecodeAttention {
     }
 }
 
-/// The output buffer, shared by tasks that write disjoint parts of it.
-struct SharedF32(*mut f32);
-// SAFETY: tasks write disjoint elements; see the use site.
-unsafe impl Sync for SharedF32 {}
+/// A pointer shared by worker-pool tasks that each touch their own elements behind it (an
+/// output buffer split by rows or columns).
+pub(crate) struct Disjoint<T>(pub(crate) *mut T);
+// SAFETY: every use site hands each task indices no other task touches, and the pointee
+// outlives the pool call.
+unsafe impl<T> Sync for Disjoint<T> {}
 
 /// Dot product with eight independent accumulators, so it vectorises.
 #[inline]

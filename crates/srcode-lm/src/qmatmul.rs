@@ -184,11 +184,6 @@ impl PackedMatrix {
     }
 }
 
-/// The output buffer, shared by the tasks that write disjoint columns of it.
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements; see the use site.
-unsafe impl Sync for SharedOut {}
-
 /// One quantised activation block.
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -362,7 +357,7 @@ impl CustomOp1 for PackedMatmulOp<'_> {
         const CHUNK: usize = 16;
         let bb = w.kind.block_bytes();
         let row_bytes = bpr * bb;
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = crate::ops::Disjoint(out.as_mut_ptr());
         let acts = &acts;
         candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |range| {
             let out_ptr = &out_ptr;
@@ -580,6 +575,17 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// A Q4_1 block's f16 scale and minimum, converted together (F16C) and broadcast.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn q4_1_scale_min(blk: *const u8) -> (__m256, __m256) {
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+            (
+                _mm256_broadcastss_ps(dm),
+                _mm256_broadcastss_ps(_mm_movehdup_ps(dm)),
+            )
+        }
+
         #[inline(always)]
         unsafe fn hsum(v: __m256) -> f32 {
             let lo = _mm256_castps256_ps128(v);
@@ -590,8 +596,9 @@ macro_rules! x86_kernels {
             _mm_cvtss_f32(s)
         }
 
-        /// Dot products of one weight row with `mm` (1..=`MAX_ROWS`) activation rows.
-        /// Dispatches to a copy specialised for the row count, so the accumulators stay in
+        /// Dot products of one weight row with `mm` activation rows, fewer than
+        /// `LANE_MIN_ROWS` (more take the lane kernels). Dispatches to a copy specialised for
+        /// the row count, so the accumulators stay in
         /// registers (a loop over a run-time count kept them on the stack and ran the batch-8
         /// product at half speed).
         #[target_feature(enable = $features)]
@@ -607,21 +614,12 @@ macro_rules! x86_kernels {
             match (kind, mm) {
                 (PackedKind::Q4_1, 1) => dot_q4_1::<1>(wrow, acts, sums, bpr, out),
                 (PackedKind::Q4_1, 2) => dot_q4_1::<2>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 3) => dot_q4_1::<3>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 4) => dot_q4_1::<4>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 5) => dot_q4_1::<5>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 6) => dot_q4_1::<6>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 7) => dot_q4_1::<7>(wrow, acts, sums, bpr, out),
-                (PackedKind::Q4_1, 8) => dot_q4_1::<8>(wrow, acts, sums, bpr, out),
                 (PackedKind::Q8_0, 1) => dot_q8_0::<1>(wrow, acts, bpr, out),
                 (PackedKind::Q8_0, 2) => dot_q8_0::<2>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 3) => dot_q8_0::<3>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 4) => dot_q8_0::<4>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 5) => dot_q8_0::<5>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 6) => dot_q8_0::<6>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 7) => dot_q8_0::<7>(wrow, acts, bpr, out),
-                (PackedKind::Q8_0, 8) => dot_q8_0::<8>(wrow, acts, bpr, out),
-                _ => unreachable!("row count {mm} outside 1..={MAX_ROWS}"),
+                _ => unreachable!(
+                    "row count {mm}: from {} rows on the lane kernels run",
+                    super::LANE_MIN_ROWS
+                ),
             }
         }
 
@@ -642,10 +640,7 @@ macro_rules! x86_kernels {
             let wp = wrow.as_ptr();
             for b in 0..bpr {
                 let blk = wp.add(b * 20);
-                // The block's f16 scale and minimum, converted together (F16C).
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                let dv = _mm256_broadcastss_ps(dm);
-                let mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                let (dv, mv) = q4_1_scale_min(blk);
                 let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
@@ -687,9 +682,7 @@ macro_rules! x86_kernels {
             let lp = lanes.as_ptr();
             for b in 0..bpr {
                 let blk = wp.add(b * 20);
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                let dv = _mm256_broadcastss_ps(dm);
-                let mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                let (dv, mv) = q4_1_scale_min(blk);
                 let l = lp.add(b * 256);
                 let mut p = _mm256_setzero_si256();
                 for g in 0..4 {
