@@ -10,15 +10,7 @@ cargo build --release -p srcode
 S=./target/release/srcode
 $S model fetch >/dev/null
 mkdir -p "$o"
-python3 - examples/data/pairs.jsonl "$o/pairs.jsonl" <<'PY'
-import json, sys
-hot = {"demo-py-008", "demo-c-006", "demo-py-009", "demo-c-001", "demo-c-002", "demo-c-013",
-       "demo-py-006", "demo-py-021", "demo-py-024", "demo-c-007", "demo-c-011", "demo-c-016"}
-with open(sys.argv[2], "w") as f:
-    for line in open(sys.argv[1]):
-        if line.strip() and json.loads(line)["id"] in hot:
-            f.write(line)
-PY
+python3 scripts/experiments/hot-pairs.py examples/data/pairs.jsonl "$o/pairs.jsonl"
 c=configs/hot-prompts.toml
 t0=$(date +%s); st() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 st data; $S data build "$o/pairs.jsonl" --config $c --out "$o/data"

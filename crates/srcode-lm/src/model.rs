@@ -633,6 +633,85 @@ impl Llama {
         Ok(())
     }
 
+    /// A snapshot for fast CPU decoding: every projection, with its LoRA adapter folded in, is
+    /// quantised to `kind` for srcode's own kernels; norms, biases and the embedding table stay
+    /// f32. The copy shares no trainable storage with `self`, so later optimiser steps do not
+    /// reach it. RL draws its rollouts from such a snapshot (decoding at the quantised speed) and
+    /// scores their log-probs again with the dense policy. CPU only; every projection's input
+    /// size must be a multiple of 32.
+    pub fn packed_copy(&self, kind: PackedKind) -> Result<Llama> {
+        if !self.device.is_cpu() {
+            return Err(LmError::Unsupported(
+                "a packed (quantised) copy runs on srcode's CPU kernels only".into(),
+            ));
+        }
+        // Full fine-tuning updates the embedding `Var` in place: copy it out.
+        let full_ft = self.lora.is_none() && !self.params.is_empty();
+        let own = |t: &Tensor| -> Result<Tensor> {
+            let t = t.detach().to_dtype(DType::F32)?;
+            Ok(if full_ft { t.copy()? } else { t })
+        };
+        let pack = |l: &Linear| -> Result<Linear> {
+            let weight = match (&l.weight, &l.lora) {
+                (Weight::Dense(w), lora) => {
+                    let mut w = w.detach().to_dtype(DType::F32)?;
+                    if let Some(lo) = lora {
+                        let delta = (lo.b.as_tensor().matmul(lo.a.as_tensor())? * lo.scale)?;
+                        w = (w + delta.to_dtype(DType::F32)?)?;
+                    }
+                    Weight::Packed(Arc::new(PackedMatrix::quantize(&w, kind)?))
+                }
+                (Weight::Packed(_) | Weight::Quant(_), None) => l.weight.clone(),
+                (_, Some(_)) => {
+                    return Err(LmError::InvalidArgument(format!(
+                        "{}: a LoRA adapter on quantised weights cannot be folded in",
+                        l.name
+                    )))
+                }
+            };
+            Ok(Linear {
+                name: l.name.clone(),
+                weight,
+                bias: l.bias.as_ref().map(&own).transpose()?,
+                lora: None,
+            })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for b in &self.layers {
+            layers.push(Block {
+                input_norm: own(&b.input_norm)?,
+                q: pack(&b.q)?,
+                k: pack(&b.k)?,
+                v: pack(&b.v)?,
+                o: pack(&b.o)?,
+                post_norm: own(&b.post_norm)?,
+                gate: pack(&b.gate)?,
+                up: pack(&b.up)?,
+                down: pack(&b.down)?,
+            });
+        }
+        let ggml = match kind {
+            PackedKind::Q4_1 => GgmlDType::Q4_1,
+            PackedKind::Q8_0 => GgmlDType::Q8_0,
+        };
+        let model = Llama {
+            cfg: self.cfg.clone(),
+            embed: own(&self.embed)?,
+            layers,
+            norm: own(&self.norm)?,
+            lm_head: pack(&self.lm_head)?,
+            cos: self.cos.to_dtype(DType::F32)?,
+            sin: self.sin.to_dtype(DType::F32)?,
+            device: self.device.clone(),
+            dtype: DType::F32,
+            mode: WeightMode::Quantized(ggml),
+            params: Vec::new(),
+            lora: None,
+        };
+        model.check_shapes()?;
+        Ok(model)
+    }
+
     /// Runs the decoder on `ids` (`[batch, seq]`, u32) and returns the final hidden states
     /// (`[batch, seq, hidden]`, after the last norm). With a cache, `ids` continue the cached
     /// sequence and the cache is extended.

@@ -541,3 +541,98 @@ fn a_frozen_weight_matmul_gives_the_input_gradient_and_none_to_the_weight() {
     assert!(max_abs_diff(a, b) < 1e-5);
     assert!(gf.get(&w).is_none(), "the frozen weight got a gradient");
 }
+
+fn log_softmax_last(t: &Tensor) -> Tensor {
+    candle_nn::ops::log_softmax(t, candle_core::D::Minus1).unwrap()
+}
+
+/// Deterministic, non-zero values for a tensor of `dims`.
+fn wave(dims: &[usize], scale: f32) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * scale).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn packed_copy_folds_the_adapter_and_is_a_snapshot() {
+    use srcode_lm::qmatmul::PackedKind;
+    let ids = seq();
+    let base = log_softmax_last(
+        &tiny(false)
+            .forward(&ids, ForwardOpts::default(), None)
+            .unwrap(),
+    );
+    let mut m = tiny(false);
+    m.attach_lora(
+        &LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    for (name, v) in m.trainable() {
+        if name.contains("lora_B") {
+            v.set(&wave(v.dims(), 0.3)).unwrap();
+        }
+    }
+    let adapted = log_softmax_last(&m.forward(&ids, ForwardOpts::default(), None).unwrap());
+    let q = m.packed_copy(PackedKind::Q8_0).unwrap();
+    assert!(q.trainable().is_empty() && q.lora_config().is_none());
+    assert_eq!(
+        q.weight_mode(),
+        WeightMode::Quantized(candle_core::quantized::GgmlDType::Q8_0)
+    );
+    let packed = log_softmax_last(&q.forward(&ids, ForwardOpts::default(), None).unwrap());
+    let err = max_abs_diff(&adapted, &packed);
+    let moved = max_abs_diff(&adapted, &base);
+    // The same quantisation of the model without an adapter sets the scale of rounding error
+    // (random tiny weights round coarsely).
+    let plain = tiny(false).packed_copy(PackedKind::Q8_0).unwrap();
+    let plain_err = max_abs_diff(
+        &log_softmax_last(&plain.forward(&ids, ForwardOpts::default(), None).unwrap()),
+        &base,
+    );
+    assert!(
+        err < 3.0 * plain_err + 1e-3 && err < 0.3,
+        "the Q8_0 copy is {err} from the adapted model (rounding alone: {plain_err})"
+    );
+    assert!(
+        moved > 10.0 * err,
+        "the adapter moved the model by {moved}, the copy's error is {err}: not folded in?"
+    );
+    // Incremental decoding on the copy matches its own full forward.
+    let mut cache = q.new_cache();
+    let (_, n) = ids.dims2().unwrap();
+    let mut last = None;
+    for t in 0..n {
+        let one = ids.narrow(1, t, 1).unwrap();
+        last = Some(
+            q.forward(&one, ForwardOpts::default(), Some(&mut cache))
+                .unwrap(),
+        );
+    }
+    let step = log_softmax_last(&last.unwrap());
+    let full_last = packed.narrow(1, n - 1, 1).unwrap();
+    let d = max_abs_diff(&step, &full_last);
+    assert!(
+        d < 1e-3,
+        "cached decode differs from the full forward by {d}"
+    );
+    // A snapshot: training the adapter afterwards does not reach the copy.
+    for (_, v) in m.trainable() {
+        v.set(&v.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    let again = log_softmax_last(&q.forward(&ids, ForwardOpts::default(), None).unwrap());
+    assert_eq!(max_abs_diff(&packed, &again), 0.0);
+    // Full fine-tuning: the embedding `Var` is copied out, not shared.
+    let full = tiny(true);
+    let qf = full.packed_copy(PackedKind::Q8_0).unwrap();
+    let f0 = qf.forward(&ids, ForwardOpts::default(), None).unwrap();
+    for (_, v) in full.trainable() {
+        v.set(&wave(v.dims(), 0.1)).unwrap();
+    }
+    let f1 = qf.forward(&ids, ForwardOpts::default(), None).unwrap();
+    assert_eq!(max_abs_diff(&f0, &f1), 0.0);
+}

@@ -46,6 +46,22 @@ pub enum Granularity {
     Both,
 }
 
+/// The weights rollouts are decoded with. Log-probs, ratios and KL always come from the dense
+/// policy, whatever sampled the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutWeights {
+    /// A Q8_0 snapshot of the policy (adapter folded in) on the CPU, where its shapes allow;
+    /// the policy itself elsewhere.
+    #[serde(rename = "auto")]
+    Auto,
+    /// A Q8_0 snapshot, taken before every step's rollouts (CPU only).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// The dense policy itself (slower on the CPU; exactly on-policy).
+    #[serde(rename = "policy")]
+    Policy,
+}
+
 /// The `[rl]` section of a run's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +113,8 @@ pub struct RlConfig {
     /// token rewards, instance reward and per-token KL (0: never).
     pub sample_every: usize,
     pub seed: u64,
+    /// What decodes the rollouts (see [`RolloutWeights`]).
+    pub rollout_weights: RolloutWeights,
 }
 
 impl Default for RlConfig {
@@ -133,6 +151,7 @@ impl Default for RlConfig {
             save_every: 5,
             sample_every: 5,
             seed: 0,
+            rollout_weights: RolloutWeights::Auto,
         }
     }
 }
@@ -317,6 +336,9 @@ pub struct RlMetrics {
     pub response_length: f32,
     pub grad_norm: f64,
     pub seconds: f64,
+    /// Of `seconds`, the time spent decoding the rollouts (snapshot included).
+    #[serde(default)]
+    pub rollout_seconds: f64,
     pub tokens_per_second: f64,
 }
 
@@ -474,6 +496,23 @@ impl Trainer<'_> {
         Ok(report)
     }
 
+    /// The model that decodes this step's rollouts: a fresh quantised snapshot of the policy,
+    /// or `None` for the policy itself.
+    fn rollout_model(&self) -> Result<Option<Llama>> {
+        let kind = srcode_lm::qmatmul::PackedKind::Q8_0;
+        match self.cfg.rollout_weights {
+            RolloutWeights::Policy => Ok(None),
+            RolloutWeights::Q8_0 => Ok(Some(self.policy.packed_copy(kind)?)),
+            RolloutWeights::Auto if !self.policy.device().is_cpu() => Ok(None),
+            RolloutWeights::Auto => match self.policy.packed_copy(kind) {
+                Ok(m) => Ok(Some(m)),
+                // Shapes the kernels cannot take (an input size not a multiple of 32).
+                Err(srcode_lm::LmError::Unsupported(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
     /// Writes `samples/step-NNNN.jsonl` (atomically).
     fn dump_samples(
         &self,
@@ -541,7 +580,15 @@ impl Trainer<'_> {
             stop: Vec::new(),
             stop_token_ids: self.stop_ids.clone(),
         };
-        let (gens, _) = generate(self.policy, self.tokenizer, &batch, &params_s)?;
+        let snapshot = self.rollout_model()?;
+        let (gens, _) = generate(
+            snapshot.as_ref().unwrap_or(self.policy),
+            self.tokenizer,
+            &batch,
+            &params_s,
+        )?;
+        drop(snapshot);
+        let rollout_seconds = t0.elapsed().as_secs_f64();
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(gens.len());
         let mut scores: Vec<Scored> = Vec::with_capacity(gens.len());
         for ((p, prompt), g) in owners.iter().zip(&batch).zip(&gens) {
@@ -778,6 +825,7 @@ impl Trainer<'_> {
             response_length: gen_tokens as f32 / n,
             grad_norm,
             seconds: secs,
+            rollout_seconds,
             tokens_per_second: gen_tokens as f64 / secs.max(1e-9),
         })
     }

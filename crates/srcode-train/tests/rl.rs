@@ -8,7 +8,7 @@ use srcode_lm::generate::{generate, SamplingParams};
 use srcode_lm::tokenizer::Tokenizer;
 use srcode_lm::{Llama, LlamaConfig};
 use srcode_train::rl::{
-    Algorithm, Granularity, RlConfig, RlMetrics, RlPrompt, Scored, Scorer, Trainer,
+    Algorithm, Granularity, RlConfig, RlMetrics, RlPrompt, RolloutWeights, Scored, Scorer, Trainer,
 };
 use srcode_train::Result;
 
@@ -98,7 +98,7 @@ fn frequencies(m: &Llama, tok: &Tokenizer) -> Vec<f32> {
     counts.iter().map(|c| c / total).collect()
 }
 
-fn learn(algorithm: Algorithm, lr: f64) {
+fn learn(algorithm: Algorithm, lr: f64, rollout_weights: RolloutWeights) {
     let dir = tempfile::tempdir().unwrap();
     let tok = tiny_tokenizer(dir.path());
     let policy = model(true);
@@ -123,6 +123,7 @@ fn learn(algorithm: Algorithm, lr: f64) {
         lr,
         kl_coef: 0.05,
         save_every: 100,
+        rollout_weights,
         ..RlConfig::default()
     };
     let trainer = Trainer {
@@ -170,12 +171,17 @@ fn learn(algorithm: Algorithm, lr: f64) {
 
 #[test]
 fn grpo_with_a_token_penalty_makes_that_token_rare_and_leaves_the_control() {
-    learn(Algorithm::Grpo, 5e-3);
+    learn(Algorithm::Grpo, 5e-3, RolloutWeights::Q8_0);
+}
+
+#[test]
+fn grpo_learns_the_same_with_rollouts_from_the_dense_policy() {
+    learn(Algorithm::Grpo, 5e-3, RolloutWeights::Policy);
 }
 
 #[test]
 fn ppo_with_a_token_penalty_makes_that_token_rare_and_leaves_the_control() {
-    learn(Algorithm::Ppo, 5e-3);
+    learn(Algorithm::Ppo, 5e-3, RolloutWeights::Q8_0);
 }
 
 fn read(dir: &std::path::Path) -> Vec<RlMetrics> {

@@ -54,8 +54,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub weights: Option<String>,
     /// A LoRA adapter directory (`final/` of `srcode train sft|rl`) merged into the local model's
-    /// weights (dense f32 unless --weights says bf16 or f16). Evaluate the base model with
-    /// `--weights f32` to compare like with like.
+    /// weights (dense f32 unless --weights says bf16, f16, or q8_0/q4_1, which quantise the merged
+    /// weights again). Evaluate the base model with the same --weights to compare like with like.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Evaluate an OpenAI-compatible endpoint instead (e.g. http://127.0.0.1:8000/v1); its

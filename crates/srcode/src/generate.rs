@@ -50,7 +50,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub weights: Option<String>,
     /// A LoRA adapter directory (`final/` of `srcode train sft|rl`, or any PEFT adapter of this
-    /// model) folded into dense weights (f32 unless --weights says bf16 or f16).
+    /// model) folded into dense weights (f32 unless --weights says bf16 or f16; q8_0 and q4_1
+    /// quantise the folded weights again for the fast CPU kernels).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Compute device: `auto` (CUDA when built with `--features cuda` and a GPU is present),
@@ -201,21 +202,36 @@ pub fn load_model(
         return srcode_lm::loader::load(path, device, parse_weights(weights)?)
             .with_context(|| format!("loading model {}", path.display()));
     };
-    let dtype = match parse_weights(weights)? {
-        None => srcode_lm::DType::F32,
-        Some(srcode_lm::WeightMode::Dense { dtype, .. }) => dtype,
+    use srcode_lm::qmatmul::PackedKind;
+    use srcode_lm::quantized::GgmlDType;
+    // The adapter is folded into dense weights, which are then quantised again for q8_0/q4_1.
+    let (dtype, pack) = match parse_weights(weights)? {
+        None => (srcode_lm::DType::F32, None),
+        Some(srcode_lm::WeightMode::Dense { dtype, .. }) => (dtype, None),
+        Some(srcode_lm::WeightMode::Quantized(GgmlDType::Q8_0)) => {
+            (srcode_lm::DType::F32, Some(PackedKind::Q8_0))
+        }
+        Some(srcode_lm::WeightMode::Quantized(GgmlDType::Q4_1)) => {
+            (srcode_lm::DType::F32, Some(PackedKind::Q4_1))
+        }
         Some(_) => anyhow::bail!(
-            "--weights {}: an adapter is merged into dense weights; use f32, bf16 or f16",
+            "--weights {}: an adapter is folded into f32, bf16, f16, q8_0 or q4_1 weights",
             weights.unwrap_or_default()
         ),
     };
-    srcode_lm::loader::load_adapted(path, device, adapter, dtype).with_context(|| {
+    let context = || {
         format!(
             "loading model {} with the adapter {}",
             path.display(),
             adapter.display()
         )
-    })
+    };
+    let mut lm =
+        srcode_lm::loader::load_adapted(path, device, adapter, dtype).with_context(context)?;
+    if let Some(kind) = pack {
+        lm.model = lm.model.packed_copy(kind).with_context(context)?;
+    }
+    Ok(lm)
 }
 
 /// Parses a `--weights` value.

@@ -92,6 +92,10 @@ pub struct RlArgs {
     pub steps: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// What decodes the rollouts (overrides rl.rollout_weights): auto (a Q8_0 snapshot of the
+    /// policy on the CPU, the policy itself on a GPU), q8_0, or policy.
+    #[arg(long)]
+    pub rollout_weights: Option<String>,
     /// Stop after this many steps with a checkpoint; the same command resumes.
     #[arg(long)]
     pub pause_after: Option<usize>,
@@ -370,7 +374,7 @@ fn run_rl(a: RlArgs) -> Result<()> {
     // Checked first: a bad flag should not wait for the data and the model to load.
     let device = pick_device(&a.device)?;
     let dtype = parse_float_dtype(&a.dtype)?;
-    use srcode_train::rl::{Algorithm, Granularity, RlConfig, RlPrompt, Trainer};
+    use srcode_train::rl::{Algorithm, Granularity, RlConfig, RlPrompt, RolloutWeights, Trainer};
     use srcode_train::score::{PromptInfo, SecurityScorer};
     let (mut cfg, lora): (RlConfig, LoraSection) = section(a.config.as_deref(), "rl")?;
     let (reward_cfg, _): (srcode_reward::config::RewardConfig, LoraSection) =
@@ -395,6 +399,17 @@ fn run_rl(a: RlArgs) -> Result<()> {
     }
     if let Some(s) = a.seed {
         cfg.seed = s;
+    }
+    if let Some(x) = &a.rollout_weights {
+        cfg.rollout_weights = match x.as_str() {
+            "auto" => RolloutWeights::Auto,
+            "q8_0" => RolloutWeights::Q8_0,
+            "policy" => RolloutWeights::Policy,
+            o => bail!("--rollout-weights `{o}`: expected auto, q8_0 or policy"),
+        };
+    }
+    if cfg.rollout_weights == RolloutWeights::Q8_0 && !device.is_cpu() {
+        bail!("rl.rollout_weights = \"q8_0\" runs on the CPU kernels; use auto or policy on a GPU");
     }
     cfg.validate()?;
     if lora.rank == 0 {
