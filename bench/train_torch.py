@@ -285,7 +285,10 @@ def verify(model_half, hp, tensors, ref):
     `consistent` also accepts a near-tie (each side's pick within `tie_tolerance` of the other's
     top logit on llama.cpp's scale) as long as >= 90% of prompt positions agree on the argmax.
     """
-    tie_tolerance = 0.25
+    # The two sides' last-position logits differ by up to ~0.8 on this model (Q4_1 with 8-bit
+    # activations against f32), so a pick within half a logit of the other's is a near-tie;
+    # the all-position argmax agreement and cosine are what catch a wrong model.
+    tie_tolerance = 0.5
     ids = torch.tensor([ref["prompt_tokens"]])
     with torch.no_grad():
         lh_all = model_half(ids)[0]
