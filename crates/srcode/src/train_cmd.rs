@@ -451,18 +451,19 @@ fn run_rl(a: RlArgs) -> Result<()> {
     let c = &meta.config;
     let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + cfg.max_new_tokens;
     let seq = longest.min(cfg.micro_tokens) as f64;
-    // Calibrated on SmolLM2-135M on the CPU (PPO, LoRA r=8, 4 × 4 rollouts of SVEN prompts):
-    // peak RSS 11.2 GB with 256-token micro-batches and 20.9 GB with 1,024, i.e. about 6 GB
-    // plus 15 MB per micro-batch token, three times what the activations alone (40·hidden +
-    // 6·intermediate + 3·heads·sequence floats per token and layer) would give; the rest is
-    // not profiled yet. Scaled to other models by that activation count.
-    let per_token = 3.0
+    // Calibrated on SmolLM2-135M on the CPU (GRPO, LoRA r=8, 4 × 4 rollouts of ~380 tokens,
+    // 2026-12-07, after frozen weights stopped taking gradients): peak RSS 4.54 GB with
+    // 256-token micro-batches and 14.1 GB with 1,024, i.e. about 1.35 GB (2.5 × the f32
+    // weights) plus 12.5 MB per micro-batch token, 2.45 times what the activations alone
+    // (40·hidden + 6·intermediate + 3·heads·sequence floats per token and layer) would give.
+    // Scaled to other models by that activation count.
+    let per_token = 2.45
         * c.num_hidden_layers as f64
         * (40.0 * c.hidden_size as f64
             + 6.0 * c.intermediate_size as f64
             + 3.0 * c.num_attention_heads as f64 * seq)
         * 4.0;
-    let base = 2.0 * params as f64 * 4.0 * 5.0;
+    let base = 2.5 * params as f64 * 4.0;
     let est_gib = (base + cfg.micro_tokens as f64 * per_token) / f64::from(1u32 << 30);
     eprintln!(
         "{} prompts from {} samples; {:?} with {:?} rewards, {} steps of {} prompts × {} \

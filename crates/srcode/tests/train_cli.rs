@@ -336,6 +336,17 @@ fn device_and_dtype_flags_reject_what_this_build_cannot_do() {
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("--device `tpu`"), "{err}");
+    let r = srcode()
+        .args(["train", "rl", "--rollout-weights", "q4_0", "--dry-run", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("--rollout-weights `q4_0`") && err.contains("auto, q8_0 or policy"),
+        "{err}"
+    );
     #[cfg(not(feature = "cuda"))]
     {
         let r = srcode()
