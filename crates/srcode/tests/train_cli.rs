@@ -337,7 +337,14 @@ fn device_and_dtype_flags_reject_what_this_build_cannot_do() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("--device `tpu`"), "{err}");
     let r = srcode()
-        .args(["train", "rl", "--rollout-weights", "q4_0", "--dry-run", "--data"])
+        .args([
+            "train",
+            "rl",
+            "--rollout-weights",
+            "q4_0",
+            "--dry-run",
+            "--data",
+        ])
         .arg(&data)
         .output()
         .unwrap();
