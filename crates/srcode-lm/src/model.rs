@@ -97,6 +97,13 @@ pub struct Lora {
     pub scale: f64,
 }
 
+impl Lora {
+    /// The adapter's update of the base weight, `scale · B · A` (`[out, in]`).
+    fn delta(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+}
+
 /// A linear projection with optional bias and LoRA adapter. `name` is the Hugging Face prefix
 /// (`model.layers.0.self_attn.q_proj`).
 #[derive(Clone)]
@@ -624,7 +631,7 @@ impl Llama {
                         l.name
                     )));
                 };
-                let delta = (lora.b.as_tensor().matmul(lora.a.as_tensor())? * lora.scale)?;
+                let delta = lora.delta()?;
                 l.weight = Weight::Dense((w + delta.to_dtype(w.dtype())?)?.detach());
             }
         }
@@ -656,8 +663,7 @@ impl Llama {
                 (Weight::Dense(w), lora) => {
                     let mut w = w.detach().to_dtype(DType::F32)?;
                     if let Some(lo) = lora {
-                        let delta = (lo.b.as_tensor().matmul(lo.a.as_tensor())? * lo.scale)?;
-                        w = (w + delta.to_dtype(DType::F32)?)?;
+                        w = (w + lo.delta()?.to_dtype(DType::F32)?)?;
                     }
                     Weight::Packed(Arc::new(PackedMatrix::quantize(&w, kind)?))
                 }
@@ -690,10 +696,6 @@ impl Llama {
                 down: pack(&b.down)?,
             });
         }
-        let ggml = match kind {
-            PackedKind::Q4_1 => GgmlDType::Q4_1,
-            PackedKind::Q8_0 => GgmlDType::Q8_0,
-        };
         let model = Llama {
             cfg: self.cfg.clone(),
             embed: own(&self.embed)?,
@@ -704,7 +706,7 @@ impl Llama {
             sin: self.sin.to_dtype(DType::F32)?,
             device: self.device.clone(),
             dtype: DType::F32,
-            mode: WeightMode::Quantized(ggml),
+            mode: WeightMode::Quantized(kind.ggml()),
             params: Vec::new(),
             lora: None,
         };
@@ -1035,12 +1037,7 @@ fn quantized_weight(
     q: GgmlDType,
     device: &Device,
 ) -> Result<Weight> {
-    let packed = match q {
-        GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
-        GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
-        _ => None,
-    };
-    match packed {
+    match PackedKind::from_ggml(q) {
         Some(kind) if device.is_cpu() => {
             Ok(Weight::Packed(Arc::new(src.get_packed(name, cfg, kind)?)))
         }

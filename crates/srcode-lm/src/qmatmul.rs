@@ -28,6 +28,25 @@ pub enum PackedKind {
 }
 
 impl PackedKind {
+    /// The format srcode's kernels take for a GGML type, if they take it.
+    pub fn from_ggml(q: candle_core::quantized::GgmlDType) -> Option<Self> {
+        use candle_core::quantized::GgmlDType;
+        match q {
+            GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
+            GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// The GGML type of this format.
+    pub fn ggml(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType;
+        match self {
+            PackedKind::Q4_1 => GgmlDType::Q4_1,
+            PackedKind::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
     fn block_bytes(self) -> usize {
         match self {
             PackedKind::Q4_1 => 20,

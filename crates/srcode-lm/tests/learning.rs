@@ -14,6 +14,19 @@ fn tiny(trainable: bool) -> Llama {
     Llama::random(&LlamaConfig::tiny(61), 42, trainable, &Device::Cpu).unwrap()
 }
 
+/// Rank-4 LoRA on every projection (B starts at zero).
+fn attach_rank4(m: &mut Llama) {
+    m.attach_lora(
+        &LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+}
+
 fn seq() -> Tensor {
     let ids: Vec<u32> = vec![3, 17, 5, 60, 22, 9, 41, 0, 13, 7, 7, 30];
     Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap()
@@ -286,15 +299,7 @@ fn lora_starts_at_the_base_model_and_trains_only_adapters() {
     let mut m = tiny(false);
     let ids = seq();
     let before = m.forward(&ids, ForwardOpts::default(), None).unwrap();
-    m.attach_lora(
-        &LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    attach_rank4(&mut m);
     assert_eq!(m.trainable().len(), 2 * 7 * 2);
     let after = m.forward(&ids, ForwardOpts::default(), None).unwrap();
     let d = max_abs_diff(&before, &after);
@@ -563,15 +568,7 @@ fn packed_copy_folds_the_adapter_and_is_a_snapshot() {
             .unwrap(),
     );
     let mut m = tiny(false);
-    m.attach_lora(
-        &LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    attach_rank4(&mut m);
     for (name, v) in m.trainable() {
         if name.contains("lora_B") {
             v.set(&wave(v.dims(), 0.3)).unwrap();

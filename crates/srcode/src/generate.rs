@@ -203,21 +203,17 @@ pub fn load_model(
             .with_context(|| format!("loading model {}", path.display()));
     };
     use srcode_lm::qmatmul::PackedKind;
-    use srcode_lm::quantized::GgmlDType;
     // The adapter is folded into dense weights, which are then quantised again for q8_0/q4_1.
     let (dtype, pack) = match parse_weights(weights)? {
         None => (srcode_lm::DType::F32, None),
         Some(srcode_lm::WeightMode::Dense { dtype, .. }) => (dtype, None),
-        Some(srcode_lm::WeightMode::Quantized(GgmlDType::Q8_0)) => {
-            (srcode_lm::DType::F32, Some(PackedKind::Q8_0))
-        }
-        Some(srcode_lm::WeightMode::Quantized(GgmlDType::Q4_1)) => {
-            (srcode_lm::DType::F32, Some(PackedKind::Q4_1))
-        }
-        Some(_) => anyhow::bail!(
-            "--weights {}: an adapter is folded into f32, bf16, f16, q8_0 or q4_1 weights",
-            weights.unwrap_or_default()
-        ),
+        Some(srcode_lm::WeightMode::Quantized(q)) => match PackedKind::from_ggml(q) {
+            Some(kind) => (srcode_lm::DType::F32, Some(kind)),
+            None => anyhow::bail!(
+                "--weights {}: an adapter is folded into f32, bf16, f16, q8_0 or q4_1 weights",
+                weights.unwrap_or_default()
+            ),
+        },
     };
     let context = || {
         format!(
