@@ -771,8 +771,7 @@ impl Llama {
                 Some(c) => Some(&mut c.layers[li]),
                 None => None,
             };
-            let att =
-                self.attention(blk, &hn, &cos, &sin, mask.as_ref(), slot, offset, opts.grad)?;
+            let att = self.attention(blk, &hn, &cos, &sin, mask.as_ref(), slot, offset, &opts)?;
             x = (residual + att)?;
             let residual = x.clone();
             let hn = ops::rms_norm(&x, &blk.post_norm, eps, opts.grad)?;
@@ -820,8 +819,9 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
-        grad: bool,
+        opts: &ForwardOpts<'_>,
     ) -> Result<Tensor> {
+        let grad = opts.grad;
         let (b, t, _) = x.dims3()?;
         let nh = self.cfg.num_attention_heads;
         let nkv = self.cfg.kv_heads();
@@ -880,14 +880,15 @@ impl Llama {
             None => (k, v),
         };
         let s = k.dim(2)?;
+        // One new position per row: the fused kernel, which skips each row's left padding
+        // itself (batches of prompts of different lengths decode this way too).
         if t == 1
-            && mask.is_none()
             && !grad
             && x.device().is_cpu()
             && q.dtype() == DType::F32
             && k.dtype() == DType::F32
         {
-            let y = ops::decode_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt())?;
+            let y = ops::decode_attention(&q, &k, &v, 1.0 / (hd as f32).sqrt(), opts.pad_left)?;
             return blk.o.forward(&y);
         }
         let rep = nh / nkv;

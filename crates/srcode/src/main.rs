@@ -89,12 +89,14 @@ enum Command {
 /// fault and a zeroed page per 4 KiB (2 MiB with THP): measured on a 2-core VM, half of an RL
 /// step was the kernel zeroing pages (`clear_page_erms`). Keeping freed memory in the process
 /// made steady-state GRPO steps 2× faster (41.5 s → 21.2 s for 4 rollouts × 64 tokens) at the
-/// same peak RSS.
-fn keep_freed_memory() {
+/// same peak RSS. Decoding frees and re-allocates its per-token buffers every ~10 ms, right at
+/// the default delay: there freed memory is kept for a second (3% of a batch-8 decode profile
+/// was page zeroing), so an idle server still hands it back.
+fn keep_freed_memory(delay_ms: std::ffi::c_long) {
     // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h); -1 = never purge.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: sets a process-wide allocator option; mimalloc allows this at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay_ms) };
 }
 
 fn main() {
@@ -111,9 +113,11 @@ fn main() {
         }
         _ => srcode_lm::CpuWorkload::Inference,
     };
-    if workload == srcode_lm::CpuWorkload::Training {
-        keep_freed_memory();
-    }
+    keep_freed_memory(if workload == srcode_lm::CpuWorkload::Training {
+        -1
+    } else {
+        1000
+    });
     srcode_lm::init_cpu_runtime(workload);
     let result: Result<i32> = match cli.command {
         Command::Model(c) => model_cmd::run(c).map(|()| 0),
