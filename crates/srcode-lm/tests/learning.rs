@@ -276,6 +276,43 @@ fn left_padding_does_not_change_a_row() {
 }
 
 #[test]
+fn a_left_padded_row_decodes_with_the_cache_as_it_does_alone() {
+    // Decoding one position at a time takes the fused attention kernel, which skips each row's
+    // padding itself; the row must match its own unpadded full forward.
+    let m = tiny(false);
+    let short: Vec<u32> = vec![4, 8, 15, 16, 23, 42, 9, 1];
+    let alone = m
+        .forward(
+            &Tensor::from_vec(short.clone(), (1, 8), &Device::Cpu).unwrap(),
+            ForwardOpts::default(),
+            None,
+        )
+        .unwrap();
+    let other: Vec<u32> = (0..11).map(|i| (i * 5 % 61) as u32).collect();
+    let mut padded = vec![0u32; 3];
+    padded.extend(&short);
+    let batch = Tensor::from_vec([padded, other].concat(), (2, 11), &Device::Cpu).unwrap();
+    let opts = || ForwardOpts {
+        pad_left: &[3, 0],
+        grad: false,
+    };
+    let mut cache = m.new_cache();
+    let first = m
+        .forward(&batch.narrow(1, 0, 6).unwrap(), opts(), Some(&mut cache))
+        .unwrap();
+    let mut rows = vec![first.get(0).unwrap().narrow(0, 3, 3).unwrap()];
+    for i in 6..11 {
+        let out = m
+            .forward(&batch.narrow(1, i, 1).unwrap(), opts(), Some(&mut cache))
+            .unwrap();
+        rows.push(out.get(0).unwrap());
+    }
+    let inc = Tensor::cat(&rows, 0).unwrap();
+    let d = max_abs_diff(&inc, &alone.get(0).unwrap());
+    assert!(d < 1e-4, "max difference {d}");
+}
+
+#[test]
 fn grad_and_inference_kernels_agree() {
     let m = tiny(true);
     let ids = seq();
