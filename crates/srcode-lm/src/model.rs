@@ -777,7 +777,7 @@ impl Llama {
             let hn = ops::rms_norm(&x, &blk.post_norm, eps, opts.grad)?;
             let g = blk.gate.forward(&hn)?;
             let u = blk.up.forward(&hn)?;
-            let m = blk.down.forward(&(g.silu()? * u)?)?;
+            let m = blk.down.forward(&ops::silu_mul(&g, &u, opts.grad)?)?;
             x = (residual + m)?;
         }
         if let Some(c) = cache {

@@ -20,6 +20,56 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> 
     }
 }
 
+/// `silu(g) · u`, the SwiGLU gate. For inference on the CPU one fused, vectorised pass (candle's
+/// `silu` then `mul` called libm's `expf` per element and allocated in between: 4% of a batch-8
+/// decode profile, all of it on the calling thread).
+pub fn silu_mul(g: &Tensor, u: &Tensor, grad: bool) -> Result<Tensor> {
+    if grad || !g.device().is_cpu() || g.dtype() != DType::F32 || u.dtype() != DType::F32 {
+        return Ok((g.silu()? * u)?);
+    }
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    Ok(g.apply_op2_no_bwd(&u, &SiluMul)?)
+}
+
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "silu-mul: shapes {:?} and {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("silu-mul: inputs must be contiguous");
+        };
+        let g = &s1.as_slice::<f32>()?[a1..b1];
+        let u = &s2.as_slice::<f32>()?[a2..b2];
+        let mut out = vec![0f32; g.len()];
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            // silu(g) = g · σ(g), with e^(-|g|) <= 1 in range of `exp_approx`; branch-free so
+            // the loop vectorises.
+            let e = exp_approx(-g.abs());
+            let num = if g >= 0.0 { 1.0 } else { e };
+            *o = g * num / (1.0 + e) * u;
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor, grad: bool) -> Result<Tensor> {
     if grad {
@@ -570,11 +620,16 @@ fn softmax_in_place(x: &mut [f32]) {
 /// below (where `f32::exp` is denormal or 0): range reduction by `ln 2` (split in two
 /// constants) and a degree-6 polynomial, all branch-free so loops over it vectorise.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // on purpose: see the comment on `x`
 pub(crate) fn exp_approx(x0: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x0.clamp(-87.0, 0.0);
+    // 2^23: adding it to a small whole number puts that number in the low mantissa bits.
+    const MAGIC: f32 = 8_388_608.0;
+    // `max`/`min` rather than `clamp` and no float-to-int cast: both compile to scalar code
+    // around NaN checks, which kept the loops around this function from vectorising.
+    let x = x0.max(-87.0).min(0.0);
     let n = x.mul_add(LOG2E, 0.5).floor();
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut y = 1.987_569_2e-4f32;
@@ -584,10 +639,13 @@ pub(crate) fn exp_approx(x0: f32) -> f32 {
     y = y.mul_add(r, 1.666_666_5e-1);
     y = y.mul_add(r, 0.5);
     let y = y.mul_add(r * r, r) + 1.0;
-    // 2^n with n in [-126, 0]: the exponent field directly.
-    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n with n in [-126, 0]: n + 127 is the exponent field.
+    let biased = (n + (MAGIC + 127.0)).to_bits() - MAGIC.to_bits();
+    let e = y * f32::from_bits(biased << 23);
     if x0 < -87.0 {
         0.0
+    } else if x0.is_nan() {
+        x0
     } else {
         e
     }
@@ -756,6 +814,22 @@ mod tests {
     }
 
     #[test]
+    fn fused_silu_mul_matches_candle() {
+        let dev = Device::Cpu;
+        let mut g = wave(3 * 37, 0.7);
+        g.extend([-200.0f32, -90.0, 0.0, 90.0, 200.0]);
+        let u = wave(g.len(), 1.9);
+        let n = g.len();
+        let g = Tensor::from_vec(g, n, &dev).unwrap();
+        let u = Tensor::from_vec(u, n, &dev).unwrap();
+        let want = (g.silu().unwrap() * &u).unwrap().to_vec1::<f32>().unwrap();
+        let got = silu_mul(&g, &u, false).unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn the_softmax_exponential_is_within_two_ulp_of_libm() {
         let mut worst = 0f32;
         for i in 0..=200_000 {
@@ -767,5 +841,6 @@ mod tests {
         assert_eq!(exp_approx(0.0), 1.0);
         assert_eq!(exp_approx(-88.0), 0.0);
         assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert!(exp_approx(f32::NAN).is_nan());
     }
 }
