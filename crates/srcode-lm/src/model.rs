@@ -758,7 +758,8 @@ impl Llama {
                 self.sin.narrow(0, offset, t)?,
             )
         };
-        let mask = self.mask(b, t, offset, opts.pad_left)?;
+        // A single unpadded query sees every key; anything else is masked (causal, padding).
+        let masked = t > 1 || padded;
         let mut x = self
             .embed
             .embedding(&ids.flatten_all()?)?
@@ -771,7 +772,7 @@ impl Llama {
                 Some(c) => Some(&mut c.layers[li]),
                 None => None,
             };
-            let att = self.attention(blk, &hn, &cos, &sin, mask.as_ref(), slot, offset, &opts)?;
+            let att = self.attention(blk, &hn, &cos, &sin, masked, slot, offset, &opts)?;
             x = (residual + att)?;
             let residual = x.clone();
             let hn = ops::rms_norm(&x, &blk.post_norm, eps, opts.grad)?;
@@ -816,7 +817,7 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        masked: bool,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
         opts: &ForwardOpts<'_>,
@@ -879,7 +880,6 @@ impl Llama {
             }
             None => (k, v),
         };
-        let s = k.dim(2)?;
         // One new position per row: the fused kernel, which skips each row's left padding
         // itself (batches of prompts of different lengths decode this way too).
         if t == 1
@@ -895,55 +895,18 @@ impl Llama {
         // Grouped-query attention without copying K/V: fold the query heads that share a K/V head
         // into the row dimension.
         let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
-        let mut att = q.matmul(&k.t()?)?;
-        if let Some(m) = mask {
-            att = att
-                .reshape((b, nkv, rep, t, s))?
-                .broadcast_add(m)?
-                .reshape((b, nkv, rep * t, s))?;
-        }
-        let att = ops::softmax_last_dim(&att, grad)?;
+        let att = q.matmul(&k.t()?)?;
+        let att = if masked {
+            ops::causal_softmax(&att, t, offset, opts.pad_left, grad)?
+        } else {
+            ops::softmax_last_dim(&att, grad)?
+        };
         let y = att.matmul(&v)?; // [b, nkv, rep*t, hd]
         let y = y
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         blk.o.forward(&y)
-    }
-
-    /// Additive attention mask `[b, 1, 1, t, s]` (causal + left padding), or `None` when a single
-    /// unpadded query needs none.
-    fn mask(
-        &self,
-        b: usize,
-        t: usize,
-        offset: usize,
-        pad_left: &[usize],
-    ) -> Result<Option<Tensor>> {
-        let padded = pad_left.iter().any(|&p| p > 0);
-        if t == 1 && !padded {
-            return Ok(None);
-        }
-        let s = offset + t;
-        let rows = if padded { b } else { 1 };
-        let mut m = vec![0f32; rows * t * s];
-        for r in 0..rows {
-            let p = if padded { pad_left[r] } else { 0 };
-            for i in 0..t {
-                for j in 0..s {
-                    if j > offset + i || j < p {
-                        m[(r * t + i) * s + j] = f32::NEG_INFINITY;
-                    }
-                }
-                // A padding query would see no key at all; let it see itself to keep softmax
-                // finite (its output is never used).
-                if offset + i < p {
-                    m[(r * t + i) * s + offset + i] = 0.0;
-                }
-            }
-        }
-        let m = Tensor::from_vec(m, (rows, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?;
-        Ok(Some(m))
     }
 
     /// Named dense weights in Hugging Face layout (for checkpoints). Quantised models cannot be
