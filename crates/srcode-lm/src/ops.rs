@@ -8,8 +8,23 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// RMSNorm over the last dimension, scaled by `w`.
+/// RMSNorm over the last dimension, scaled by `w`. Training on the CPU in f32 takes one fused
+/// op with its own backward (`dx = r·h − x·r³·(h·x)/n`, `h = dy ⊙ w`; `dw = Σ dy ⊙ x·r`), where
+/// the tensor formulation was eight element-wise ops forward, more backward, each with a
+/// zero-filled gradient buffer, per norm (61 of them in SmolLM2).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
+    if grad && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        let n = x.dim(D::Minus1)?;
+        if w.dims() != [n] {
+            return Err(crate::error::LmError::InvalidArgument(format!(
+                "rms norm: weight {:?} does not fit features {n}",
+                w.dims()
+            )));
+        }
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNormOp { eps: eps as f32 })?);
+    }
     if grad {
         let n = x.dim(D::Minus1)? as f64;
         let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / n)?;
@@ -21,16 +36,163 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> 
     }
 }
 
-/// `silu(g) · u`, the SwiGLU gate. For inference on the CPU one fused, vectorised pass (candle's
-/// `silu` then `mul` called libm's `expf` per element and allocated in between: 4% of a batch-8
-/// decode profile, all of it on the calling thread).
+/// The slices of two contiguous f32 inputs of a custom op.
+fn two_slices<'a>(
+    what: &str,
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: inputs must be contiguous");
+    };
+    Ok((
+        &s1.as_slice::<f32>()?[a1..b1],
+        &s2.as_slice::<f32>()?[a2..b2],
+    ))
+}
+
+/// Per-row `1 / sqrt(mean(x²) + eps)`.
+#[inline]
+fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = two_slices("rms norm", s1, l1, s2, l2)?;
+        let n = w.len().max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(o, x)| {
+                let r = rms_inv(x, self.eps);
+                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                    *o = x * r * w;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = w.elem_count();
+        let rows = x.elem_count() / n.max(1);
+        let both = x.apply_op3_no_bwd(w, &dy.contiguous()?, &RmsNormBackward { eps: self.eps })?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// RMSNorm's input and weight gradients in one pass: `[rows + 1, n]`, the last row `dw`.
+struct RmsNormBackward {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = two_slices("rms norm backward", s1, l1, s2, l2)?;
+        let (_, dy) = two_slices("rms norm backward", s1, l1, s3, l3)?;
+        let n = w.len().max(1);
+        let rows = x.len() / n;
+        let mut out = vec![0f32; (rows + 1) * n];
+        let (dx, dw) = out.split_at_mut(rows * n);
+        let partial = dx
+            .par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+            .fold(
+                || vec![0f32; n],
+                |mut dw, (dx, (x, dy))| {
+                    let r = rms_inv(x, self.eps);
+                    let hx: f32 = dy.iter().zip(w).zip(x).map(|((d, w), x)| d * w * x).sum();
+                    let c = r * r * r * hx / n as f32;
+                    for (((dx, &x), &d), (&w, dw)) in dx
+                        .iter_mut()
+                        .zip(x)
+                        .zip(dy)
+                        .zip(w.iter().zip(dw.iter_mut()))
+                    {
+                        *dx = r * d * w - x * c;
+                        *dw += d * x * r;
+                    }
+                    dw
+                },
+            )
+            .reduce(
+                || vec![0f32; n],
+                |mut a, b| {
+                    for (a, b) in a.iter_mut().zip(b) {
+                        *a += b;
+                    }
+                    a
+                },
+            );
+        dw.copy_from_slice(&partial);
+        Ok((CpuStorage::F32(out), Shape::from((rows + 1, n))))
+    }
+}
+
+/// `silu(g) · u`, the SwiGLU gate. On the CPU in f32 one fused, vectorised pass each way
+/// (candle's `silu` then `mul` called libm's `expf` per element and allocated in between: 4% of
+/// a batch-8 decode profile, all of it on the calling thread; in training their backward passes
+/// added more); elsewhere candle's ops.
 pub fn silu_mul(g: &Tensor, u: &Tensor, grad: bool) -> Result<Tensor> {
-    if grad || !g.device().is_cpu() || g.dtype() != DType::F32 || u.dtype() != DType::F32 {
+    if !g.device().is_cpu() || g.dtype() != DType::F32 || u.dtype() != DType::F32 {
         return Ok((g.silu()? * u)?);
     }
     let (g, u) = (g.contiguous()?, u.contiguous()?);
-    Ok(g.apply_op2_no_bwd(&u, &SiluMul)?)
+    Ok(if grad {
+        g.apply_op2(&u, SiluMul)?
+    } else {
+        g.apply_op2_no_bwd(&u, &SiluMul)?
+    })
 }
+
+/// `σ(g)`, through [`exp_approx`] of `-|g|` so it never overflows and vectorises.
+#[inline(always)]
+fn sigmoid(g: f32) -> f32 {
+    let e = exp_approx(-g.abs());
+    let num = if g >= 0.0 { 1.0 } else { e };
+    num / (1.0 + e)
+}
+
+/// Elements per parallel task of the element-wise ops.
+const EW_CHUNK: usize = 1 << 14;
 
 struct SiluMul;
 
@@ -53,21 +215,79 @@ impl CustomOp2 for SiluMul {
                 l2.shape()
             );
         }
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("silu-mul: inputs must be contiguous");
-        };
-        let g = &s1.as_slice::<f32>()?[a1..b1];
-        let u = &s2.as_slice::<f32>()?[a2..b2];
+        let (g, u) = two_slices("silu-mul", s1, l1, s2, l2)?;
         let mut out = vec![0f32; g.len()];
-        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-            // silu(g) = g · σ(g), with e^(-|g|) <= 1 in range of `exp_approx`; branch-free so
-            // the loop vectorises.
-            let e = exp_approx(-g.abs());
-            let num = if g >= 0.0 { 1.0 } else { e };
-            *o = g * num / (1.0 + e) * u;
+        let run = |o: &mut [f32], g: &[f32], u: &[f32]| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(g) * u;
+            }
+        };
+        if g.len() > EW_CHUNK {
+            out.par_chunks_mut(EW_CHUNK)
+                .zip(g.par_chunks(EW_CHUNK).zip(u.par_chunks(EW_CHUNK)))
+                .for_each(|(o, (g, u))| run(o, g, u));
+        } else {
+            run(&mut out, g, u);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = g.apply_op3_no_bwd(u, &dy.contiguous()?, &SiluMulBackward)?;
+        Ok((
+            Some(both.get(0)?.reshape(g.shape())?),
+            Some(both.get(1)?.reshape(u.shape())?),
+        ))
+    }
+}
+
+/// `[dg, du]` of `silu(g) · u` from the output gradient `dy`: `du = dy · g·σ(g)`,
+/// `dg = dy · u · σ(g)(1 + g(1 − σ(g)))`.
+struct SiluMulBackward;
+
+impl candle_core::CustomOp3 for SiluMulBackward {
+    fn name(&self) -> &'static str {
+        "silu-mul-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = two_slices("silu-mul backward", s1, l1, s2, l2)?;
+        let (_, dy) = two_slices("silu-mul backward", s1, l1, s3, l3)?;
+        if g.len() != u.len() || g.len() != dy.len() {
+            candle_core::bail!("silu-mul backward: sizes differ");
+        }
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        let run = |dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]| {
+            for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du).zip(g.iter().zip(u).zip(dy)) {
+                let s = sigmoid(g);
+                *du = d * g * s;
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+            }
+        };
+        dg.par_chunks_mut(EW_CHUNK)
+            .zip(du.par_chunks_mut(EW_CHUNK))
+            .zip(g.par_chunks(EW_CHUNK).zip(u.par_chunks(EW_CHUNK)))
+            .zip(dy.par_chunks(EW_CHUNK))
+            .for_each(|(((dg, du), (g, u)), dy)| run(dg, du, g, u, dy));
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 
@@ -1019,6 +1239,86 @@ mod tests {
         assert_eq!(row[offset], 1.0, "{row:?}");
         // Scores that do not fit the shape are an error.
         assert!(causal_softmax(&x, 4, offset, &pad, false).is_err());
+    }
+
+    /// Output and input gradients of `f(fused)` against `f(reference)` under the loss
+    /// `Σ y ⊙ gout`, for each of `inputs`.
+    fn same_forward_and_backward(
+        inputs: &[Tensor],
+        gout: &Tensor,
+        f: impl Fn(&[Tensor], bool) -> Tensor,
+        tol: f32,
+    ) {
+        let run = |fused: bool| {
+            let vars: Vec<candle_core::Var> = inputs
+                .iter()
+                .map(|t| candle_core::Var::from_tensor(t).unwrap())
+                .collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = f(&ts, fused);
+            let grads = (&y * gout).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            for t in &ts {
+                let g = grads.get(t).unwrap();
+                out.push(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            out
+        };
+        let (a, b) = (run(true), run(false));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= tol * (1.0 + y.abs()),
+                    "part {i} (0 = output): {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_rms_norm_and_silu_mul_match_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(wave(6 * 40, 0.2), (2, 3, 40), &dev).unwrap();
+        let w = Tensor::from_vec(wave(40, 1.3), 40, &dev).unwrap();
+        let gout = Tensor::from_vec(wave(6 * 40, 2.5), (2, 3, 40), &dev).unwrap();
+        same_forward_and_backward(
+            &[x.clone(), w],
+            &gout,
+            |t, fused| {
+                if fused {
+                    rms_norm(&t[0], &t[1], 1e-5, true).unwrap()
+                } else {
+                    let ms = (t[0].sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / 40.0).unwrap();
+                    let r = (ms + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+                    t[0].broadcast_mul(&r)
+                        .unwrap()
+                        .broadcast_mul(&t[1])
+                        .unwrap()
+                }
+            },
+            1e-5,
+        );
+        // Large enough for the parallel path, with saturating gate values.
+        let n = 3 * EW_CHUNK + 5;
+        let mut g = wave(n, 0.9);
+        g[7] = -200.0;
+        g[8] = 200.0;
+        let g = Tensor::from_vec(g, (1, n), &dev).unwrap();
+        let u = Tensor::from_vec(wave(n, 1.7), (1, n), &dev).unwrap();
+        let gout = Tensor::from_vec(wave(n, 3.1), (1, n), &dev).unwrap();
+        same_forward_and_backward(
+            &[g, u],
+            &gout,
+            |t, fused| {
+                if fused {
+                    silu_mul(&t[0], &t[1], true).unwrap()
+                } else {
+                    (t[0].silu().unwrap() * &t[1]).unwrap()
+                }
+            },
+            1e-5,
+        );
     }
 
     #[test]
