@@ -758,8 +758,6 @@ impl Llama {
                 self.sin.narrow(0, offset, t)?,
             )
         };
-        // A single unpadded query sees every key; anything else is masked (causal, padding).
-        let masked = t > 1 || padded;
         let mut x = self
             .embed
             .embedding(&ids.flatten_all()?)?
@@ -772,7 +770,7 @@ impl Llama {
                 Some(c) => Some(&mut c.layers[li]),
                 None => None,
             };
-            let att = self.attention(blk, &hn, &cos, &sin, masked, slot, offset, &opts)?;
+            let att = self.attention(blk, &hn, &cos, &sin, slot, offset, &opts)?;
             x = (residual + att)?;
             let residual = x.clone();
             let hn = ops::rms_norm(&x, &blk.post_norm, eps, opts.grad)?;
@@ -817,7 +815,6 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        masked: bool,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         offset: usize,
         opts: &ForwardOpts<'_>,
@@ -896,7 +893,8 @@ impl Llama {
         // into the row dimension.
         let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
         let att = q.matmul(&k.t()?)?;
-        let att = if masked {
+        // A single unpadded query sees every key; anything else is masked (causal, padding).
+        let att = if t > 1 || opts.pad_left.iter().any(|&p| p > 0) {
             ops::causal_softmax(&att, t, offset, opts.pad_left, grad)?
         } else {
             ops::softmax_last_dim(&att, grad)?

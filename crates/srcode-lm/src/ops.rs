@@ -36,7 +36,15 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, grad: bool) -> Result<Tensor> 
     }
 }
 
-/// The slices of two contiguous f32 inputs of a custom op.
+/// The f32 data of a custom op's contiguous input; `what` names it in the error.
+fn f32_input<'a>(what: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// [`f32_input`] of a custom op's first two inputs.
 fn two_slices<'a>(
     what: &str,
     s1: &'a CpuStorage,
@@ -44,14 +52,7 @@ fn two_slices<'a>(
     s2: &'a CpuStorage,
     l2: &Layout,
 ) -> candle_core::Result<(&'a [f32], &'a [f32])> {
-    let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-    else {
-        candle_core::bail!("{what}: inputs must be contiguous");
-    };
-    Ok((
-        &s1.as_slice::<f32>()?[a1..b1],
-        &s2.as_slice::<f32>()?[a2..b2],
-    ))
+    Ok((f32_input(what, s1, l1)?, f32_input(what, s2, l2)?))
 }
 
 /// Per-row `1 / sqrt(mean(x²) + eps)`.
@@ -77,7 +78,7 @@ impl CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = two_slices("rms norm", s1, l1, s2, l2)?;
+        let (x, w) = two_slices("rms norm: inputs", s1, l1, s2, l2)?;
         let n = w.len().max(1);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
@@ -126,8 +127,8 @@ impl candle_core::CustomOp3 for RmsNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = two_slices("rms norm backward", s1, l1, s2, l2)?;
-        let (_, dy) = two_slices("rms norm backward", s1, l1, s3, l3)?;
+        let (x, w) = two_slices("rms norm backward: inputs", s1, l1, s2, l2)?;
+        let dy = f32_input("rms norm backward: inputs", s3, l3)?;
         let n = w.len().max(1);
         let rows = x.len() / n;
         let mut out = vec![0f32; (rows + 1) * n];
@@ -215,7 +216,7 @@ impl CustomOp2 for SiluMul {
                 l2.shape()
             );
         }
-        let (g, u) = two_slices("silu-mul", s1, l1, s2, l2)?;
+        let (g, u) = two_slices("silu-mul: inputs", s1, l1, s2, l2)?;
         let mut out = vec![0f32; g.len()];
         let run = |o: &mut [f32], g: &[f32], u: &[f32]| {
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
@@ -265,8 +266,8 @@ impl candle_core::CustomOp3 for SiluMulBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, u) = two_slices("silu-mul backward", s1, l1, s2, l2)?;
-        let (_, dy) = two_slices("silu-mul backward", s1, l1, s3, l3)?;
+        let (g, u) = two_slices("silu-mul backward: inputs", s1, l1, s2, l2)?;
+        let dy = f32_input("silu-mul backward: inputs", s3, l3)?;
         if g.len() != u.len() || g.len() != dy.len() {
             candle_core::bail!("silu-mul backward: sizes differ");
         }
@@ -381,10 +382,7 @@ impl candle_core::CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((a, z)) = l.contiguous_offsets() else {
-            candle_core::bail!("causal softmax: scores must be contiguous");
-        };
-        let x = &st.as_slice::<f32>()?[a..z];
+        let x = f32_input("causal softmax: scores", st, l)?;
         let dims = l.dims();
         let (rows, s) = (dims[2], dims[3]);
         let per_seq = dims[1] * rows * s;
@@ -394,17 +392,9 @@ impl candle_core::CustomOp1 for CausalSoftmax {
             .enumerate()
             .for_each(|(row, (o, x))| {
                 let (lo, hi) = self.keys(row * s / per_seq, row % rows);
-                let (o, x) = (&mut o[lo..=hi], &x[lo..=hi]);
-                let m = max_of(x);
-                let mut sum = 0f32;
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = exp_approx(v - m);
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                for o in o.iter_mut() {
-                    *o *= inv;
-                }
+                let o = &mut o[lo..=hi];
+                o.copy_from_slice(&x[lo..=hi]);
+                softmax_in_place(o);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -436,15 +426,10 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("softmax backward: inputs must be contiguous");
-        };
+        let (p, g) = two_slices("softmax backward: inputs", s1, l1, s2, l2)?;
         if l1.shape() != l2.shape() {
             candle_core::bail!("softmax backward: {:?} vs {:?}", l1.shape(), l2.shape());
         }
-        let p = &s1.as_slice::<f32>()?[a1..b1];
-        let g = &s2.as_slice::<f32>()?[a2..b2];
         let s = *l1.dims().last().unwrap_or(&1);
         let mut out = vec![0f32; p.len()];
         out.par_chunks_mut(s.max(1))
@@ -500,14 +485,6 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 struct TokenLogProbs;
 
-fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("token_logprobs: logits must be contiguous"),
-    }
-}
-
 impl CustomOp2 for TokenLogProbs {
     fn name(&self) -> &'static str {
         "token-logprobs"
@@ -522,7 +499,7 @@ impl CustomOp2 for TokenLogProbs {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let (n, v) = l1.shape().dims2()?;
-        let logits = rows(s1, l1)?;
+        let logits = f32_input("token_logprobs: logits", s1, l1)?;
         let tg = match l2.contiguous_offsets() {
             Some((a, b)) => &s2.as_slice::<u32>()?[a..b],
             None => candle_core::bail!("token_logprobs: targets must be contiguous"),
@@ -582,8 +559,8 @@ impl CustomOp2 for TokenLogProbsGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let (n, v) = l1.shape().dims2()?;
-        let logits = rows(s1, l1)?;
-        let tg = rows(s2, l2)?;
+        let logits = f32_input("token_logprobs: logits", s1, l1)?;
+        let tg = f32_input("token_logprobs: targets and gradients", s2, l2)?;
         let (targets, grads) = tg.split_at(n);
         let mut out = vec![0f32; n * v];
         out.par_chunks_mut(v)

@@ -648,7 +648,7 @@ macro_rules! x86_kernels {
         /// A Q4_1 block's f16 scale and minimum, converted together (F16C) and broadcast.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn q4_1_scale_min(blk: *const u8) -> (__m256, __m256) {
+        pub(super) unsafe fn q4_1_scale_min(blk: *const u8) -> (__m256, __m256) {
             let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
             (
                 _mm256_broadcastss_ps(dm),
@@ -984,7 +984,8 @@ mod avx512 {
         let lp = lanes.as_ptr();
         for b in 0..bpr {
             let blk = wp.add(b * 20);
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+            // The 256-bit kernels' header decode (the same target features and more).
+            let (dv, mv) = super::vnni::q4_1_scale_min(blk);
             let l = lp.add(b * 256);
             let mut p = _mm512_setzero_si512();
             for h in 0..2 {
@@ -997,11 +998,10 @@ mod avx512 {
                 p = _mm512_dpbusd_epi32(p, hi, _mm512_loadu_si512(l.add((h + 2) * 64) as *const _));
             }
             let scale = _mm512_mul_ps(
-                _mm512_set1_ps(_mm_cvtss_f32(dm)),
+                _mm512_broadcastss_ps(_mm256_castps256_ps128(dv)),
                 _mm512_loadu_ps(ds.as_ptr().add(b * 2 * MAX_ROWS)),
             );
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc);
-            let mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
             let sv = _mm256_loadu_ps(sums.as_ptr().add(b * MAX_ROWS));
             mins = _mm256_fmadd_ps(mv, sv, mins);
         }
