@@ -4,6 +4,7 @@
 use crate::error::{Result, ScanError};
 use crate::extract;
 use crate::lang;
+use crate::matcher::{Kinds, NativeQuery, Walk, WalkLimits};
 use crate::rules::{self, Condition, Rule, Scope};
 use crate::RuleInfo;
 use rayon::prelude::*;
@@ -57,26 +58,49 @@ impl Default for ScanLimits {
     }
 }
 
-/// The rules of one language, compiled into one query.
+/// The rules of one language: those the native matcher takes ([`crate::matcher`]), and the
+/// rest compiled into one tree-sitter query.
 struct LangPack {
+    kinds: Kinds,
+    native: NativeQuery,
+    /// Capture index of `@finding` among the native patterns.
+    native_finding: Option<u32>,
     query: Option<Query>,
     /// Rule (index into `Scanner::rules`) of each pattern of `query`.
     pattern_rule: Vec<usize>,
-    /// Capture index of `@finding`.
+    /// Capture index of `@finding` in `query`.
     finding: Option<u32>,
     /// Rules of this language that match by regex.
     regex_rules: Vec<usize>,
-    /// Per rule: its conditions with resolved capture indices (empty for other rules).
+    /// Per rule: its conditions with capture indices resolved in the engine that runs it
+    /// (empty for other rules).
     conditions: Vec<Vec<(u32, Condition)>>,
+}
+
+/// Which engine runs the rules' tree-sitter queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryEngine {
+    /// srcode's own matcher for every query in the subset it supports (all built-in rules),
+    /// tree-sitter's for the rest. Starts in microseconds instead of tens of milliseconds per
+    /// language.
+    #[default]
+    Native,
+    /// tree-sitter's query engine for every rule (a cross-check of the native one).
+    TreeSitter,
 }
 
 /// The analyser: rules compiled once, reusable from many threads.
 pub struct Scanner {
     rules: Vec<Rule>,
+    engine: QueryEngine,
     /// Per language (index of `Language::ALL`), compiled on first use unless built eagerly.
     packs: Vec<OnceLock<std::result::Result<LangPack, String>>>,
     limits: ScanLimits,
 }
+
+/// Partial matches one pattern may explore at one node before the native matcher gives up on
+/// it (tree-sitter's cursor has a similar cap, 1024 in-progress matches here).
+const NATIVE_STEP_LIMIT: usize = 100_000;
 
 thread_local! {
     static PARSERS: RefCell<Vec<Option<Parser>>> = RefCell::new((0..5).map(|_| None).collect());
@@ -158,6 +182,7 @@ impl Scanner {
         let packs = Language::ALL.iter().map(|_| OnceLock::new()).collect();
         Ok(Scanner {
             rules,
+            engine: QueryEngine::default(),
             packs,
             limits: ScanLimits::default(),
         })
@@ -172,9 +197,29 @@ impl Scanner {
     /// The compiled rules of a language (compiling them on first use).
     fn pack(&self, lang: Language) -> Result<&LangPack> {
         self.packs[lang::index(lang)]
-            .get_or_init(|| compile_pack(lang, &self.rules).map_err(|e| e.to_string()))
+            .get_or_init(|| compile_pack(lang, &self.rules, self.engine).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| ScanError::Unsupported(format!("rules for {lang}: {e}")))
+    }
+
+    /// Ids of the rules of `lang` whose queries tree-sitter's engine runs (with
+    /// [`QueryEngine::Native`]: those outside the native matcher's subset).
+    pub fn tree_sitter_rules(&self, lang: Language) -> Result<Vec<&str>> {
+        let pack = self.pack(lang)?;
+        let mut ids: Vec<&str> = pack
+            .pattern_rule
+            .iter()
+            .map(|&ri| self.rules[ri].info.id.as_str())
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Chooses the query engine. Languages already compiled are compiled again on next use.
+    pub fn with_engine(mut self, engine: QueryEngine) -> Self {
+        self.engine = engine;
+        self.packs = Language::ALL.iter().map(|_| OnceLock::new()).collect();
+        self
     }
 
     /// Replaces the input limits.
@@ -284,18 +329,48 @@ impl Scanner {
         let tree = self.parse(code, lang)?;
         let started = Instant::now();
         let root = tree.root_node();
-        if let Some(problem) = tree_shape_problem(root, &self.limits) {
+        let deadline = started + self.limits.match_timeout;
+        // One walk runs the native patterns and checks the tree's shape (before tree-sitter's
+        // cursor, which a pathological shape would make quadratic, ever sees it).
+        let walk_limits = WalkLimits {
+            max_depth: self.limits.max_depth,
+            max_anonymous_run: self.limits.max_anonymous_run,
+            step_limit: NATIVE_STEP_LIMIT,
+        };
+        let walk = pack.native.for_each_match(
+            &pack.kinds,
+            &tree,
+            code,
+            walk_limits,
+            &mut || Instant::now() > deadline,
+            &mut |ri, caps| {
+                let name_index = |name: &str| pack.native.capture_index(name);
+                if let Some((s, e)) = self.accept(
+                    lang,
+                    code,
+                    ri,
+                    caps,
+                    pack.native_finding,
+                    &pack.conditions[ri],
+                    name_index,
+                ) {
+                    out.push((start + s, start + e, ri));
+                }
+            },
+        );
+        if let Walk::Refused(problem) = walk {
             return Err(ScanError::Unsupported(format!(
                 "{lang} syntax tree {problem}"
             )));
         }
-        if let Some(q) = &pack.query {
+        let native_complete = walk == Walk::Complete;
+        if let (Some(q), true) = (&pack.query, native_complete) {
             let mut cursor = QueryCursor::new();
             cursor.set_match_limit(1024);
-            let deadline = started + self.limits.match_timeout;
             let mut past_deadline = |_: &tree_sitter::QueryCursorState| Instant::now() > deadline;
             let opts = tree_sitter::QueryCursorOptions::new().progress_callback(&mut past_deadline);
             let mut matches = cursor.matches_with_options(q, root, code, opts);
+            let mut caps = Vec::new();
             while let Some(m) = matches.next() {
                 if Instant::now() > deadline {
                     break;
@@ -303,49 +378,20 @@ impl Scanner {
                 let Some(&ri) = pack.pattern_rule.get(m.pattern_index) else {
                     continue;
                 };
-                let rule = &self.rules[ri];
-                if !pack.conditions[ri]
-                    .iter()
-                    .all(|(ci, c)| condition_holds(lang, code, m.nodes_for_capture_index(*ci), c))
-                {
-                    continue;
+                caps.clear();
+                caps.extend(m.captures.iter().map(|c| (c.index, c.node)));
+                let name_index = |name: &str| q.capture_index_for_name(name);
+                if let Some((s, e)) = self.accept(
+                    lang,
+                    code,
+                    ri,
+                    &caps,
+                    pack.finding,
+                    &pack.conditions[ri],
+                    name_index,
+                ) {
+                    out.push((start + s, start + e, ri));
                 }
-                let mut span: Option<(usize, usize)> = None;
-                let mut anchor: Option<Node> = None;
-                for cap in m.captures {
-                    if pack.finding.is_some_and(|f| f == cap.index) {
-                        let (s, e) = (cap.node.start_byte(), cap.node.end_byte());
-                        span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
-                        anchor = Some(cap.node);
-                    }
-                }
-                if span.is_none() {
-                    for cap in m.captures {
-                        let (s, e) = (cap.node.start_byte(), cap.node.end_byte());
-                        span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
-                        anchor.get_or_insert(cap.node);
-                    }
-                }
-                let (Some((s, e)), Some(anchor)) = (span, anchor) else {
-                    continue;
-                };
-                let capture_text = |name: &str| -> Option<String> {
-                    let qi = q.capture_index_for_name(name)?;
-                    let node = m.nodes_for_capture_index(qi).next()?;
-                    let t = &code[node.start_byte()..node.end_byte()];
-                    Some(regex::escape(&String::from_utf8_lossy(t)))
-                };
-                if let Some(u) = &rule.unless {
-                    if check_found(lang, code, anchor, e, u, capture_text) {
-                        continue;
-                    }
-                }
-                if let Some(w) = &rule.when {
-                    if !check_found(lang, code, anchor, e, w, capture_text) {
-                        continue;
-                    }
-                }
-                out.push((start + s, start + e, ri));
             }
         }
         if Instant::now() > started + self.limits.match_timeout {
@@ -383,6 +429,63 @@ impl Scanner {
             }
         }
         Ok(!root.has_error())
+    }
+
+    /// The span of a query match of rule `ri`, if the rule's conditions and checks let it stand.
+    /// `caps` are (capture index, node); `name_index` resolves capture names in the same
+    /// engine's numbering.
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &self,
+        lang: Language,
+        code: &[u8],
+        ri: usize,
+        caps: &[(u32, Node<'_>)],
+        finding: Option<u32>,
+        conditions: &[(u32, Condition)],
+        name_index: impl Fn(&str) -> Option<u32>,
+    ) -> Option<(usize, usize)> {
+        let rule = &self.rules[ri];
+        let nodes = |ci: u32| caps.iter().filter(move |c| c.0 == ci).map(|c| c.1);
+        if !conditions
+            .iter()
+            .all(|(ci, c)| condition_holds(lang, code, nodes(*ci), c))
+        {
+            return None;
+        }
+        let mut span: Option<(usize, usize)> = None;
+        let mut anchor: Option<Node> = None;
+        for &(ci, node) in caps {
+            if finding == Some(ci) {
+                let (s, e) = (node.start_byte(), node.end_byte());
+                span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+                anchor = Some(node);
+            }
+        }
+        if span.is_none() {
+            for &(_, node) in caps {
+                let (s, e) = (node.start_byte(), node.end_byte());
+                span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+                anchor.get_or_insert(node);
+            }
+        }
+        let ((s, e), anchor) = (span?, anchor?);
+        let capture_text = |name: &str| -> Option<String> {
+            let node = nodes(name_index(name)?).next()?;
+            let t = &code[node.start_byte()..node.end_byte()];
+            Some(regex::escape(&String::from_utf8_lossy(t)))
+        };
+        if let Some(u) = &rule.unless {
+            if check_found(lang, code, anchor, e, u, capture_text) {
+                return None;
+            }
+        }
+        if let Some(w) = &rule.when {
+            if !check_found(lang, code, anchor, e, w, capture_text) {
+                return None;
+            }
+        }
+        Some((s, e))
     }
 
     fn parse(&self, code: &[u8], lang: Language) -> Result<Tree> {
@@ -466,8 +569,11 @@ impl Scanner {
     }
 }
 
-fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
+fn compile_pack(lang: Language, rules: &[Rule], engine: QueryEngine) -> Result<LangPack> {
     let grammar = lang::grammar(lang);
+    let kinds = Kinds::new(&grammar);
+    let mut native = NativeQuery::new();
+    let mut native_rules = Vec::new();
     let mut src = String::new();
     let mut ranges = Vec::new(); // (start byte in src, rule index)
     let mut regex_rules = Vec::new();
@@ -476,39 +582,53 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
             continue;
         }
         if let Some((_, q)) = r.queries.iter().find(|(l, _)| *l == lang) {
-            ranges.push((src.len(), i));
-            src.push_str(q);
-            src.push('\n');
+            let builtin = r.info.source.starts_with("builtin:");
+            if engine == QueryEngine::Native && native.add(&kinds, q, i).is_ok() {
+                native_rules.push(i);
+                // A user's query is also checked by tree-sitter, which names errors the
+                // native matcher would not see (a field the node kind cannot have); the
+                // built-in queries are checked by the test suite.
+                if !builtin {
+                    query_error(&grammar, r, lang)?;
+                }
+            } else {
+                ranges.push((src.len(), i));
+                src.push_str(q);
+                src.push('\n');
+            }
         } else if r.regex.is_some() {
             regex_rules.push(i);
         }
     }
     let mut conditions = vec![Vec::new(); rules.len()];
+    for &i in &native_rules {
+        check_capture_names(&rules[i], lang)?;
+        for c in &rules[i].conditions {
+            if let Some(ci) = native.capture_index(&c.capture) {
+                conditions[i].push((ci, c.clone()));
+            }
+        }
+    }
+    let native_finding = native.capture_index("finding");
+    let mut pack = LangPack {
+        kinds,
+        native,
+        native_finding,
+        query: None,
+        pattern_rule: Vec::new(),
+        finding: None,
+        regex_rules,
+        conditions,
+    };
     if ranges.is_empty() {
-        return Ok(LangPack {
-            query: None,
-            pattern_rule: Vec::new(),
-            finding: None,
-            regex_rules,
-            conditions,
-        });
+        return Ok(pack);
     }
     let query = match Query::new(&grammar, &src) {
         Ok(q) => q,
         Err(_) => {
             // Find the culprit to name it.
             for &(_, i) in &ranges {
-                let r = &rules[i];
-                if let Err(e) = Query::new(&grammar, query_text(r, lang)) {
-                    return Err(ScanError::Rule {
-                        id: r.info.id.clone(),
-                        path: r.info.source.clone(),
-                        message: format!(
-                            "query does not compile for {lang} ({:?}): {} at row {}, column {}",
-                            e.kind, e.message, e.row, e.column
-                        ),
-                    });
-                }
+                query_error(&grammar, &rules[i], lang)?;
             }
             return Err(ScanError::Unsupported(format!(
                 "the {lang} rules compile one by one but not together"
@@ -523,40 +643,57 @@ fn compile_pack(lang: Language, rules: &[Rule]) -> Result<LangPack> {
     }
     for &(_, i) in &ranges {
         let r = &rules[i];
-        let q_text = query_text(r, lang);
-        let uses = |name: &str| {
-            q_text.match_indices(&format!("@{name}")).any(|(at, m)| {
-                !q_text[at + m.len()..]
-                    .starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
-            })
-        };
-        let mut names: Vec<&str> = r.conditions.iter().map(|c| c.capture.as_str()).collect();
-        for c in r.unless.iter().chain(&r.when) {
-            names.extend(c.captures.iter().map(String::as_str));
-        }
-        for name in names {
-            if !uses(name) {
-                return Err(ScanError::Rule {
-                    id: r.info.id.clone(),
-                    path: r.info.source.clone(),
-                    message: format!("refers to @{name}, which its query does not capture"),
-                });
-            }
-        }
+        check_capture_names(r, lang)?;
         for c in &r.conditions {
             if let Some(ci) = query.capture_index_for_name(&c.capture) {
-                conditions[i].push((ci, c.clone()));
+                pack.conditions[i].push((ci, c.clone()));
             }
         }
     }
-    let finding = query.capture_index_for_name("finding");
-    Ok(LangPack {
-        query: Some(query),
-        pattern_rule,
-        finding,
-        regex_rules,
-        conditions,
-    })
+    pack.finding = query.capture_index_for_name("finding");
+    pack.pattern_rule = pattern_rule;
+    pack.query = Some(query);
+    Ok(pack)
+}
+
+/// tree-sitter's verdict on one rule's query, as a rule error naming it.
+fn query_error(grammar: &tree_sitter::Language, r: &Rule, lang: Language) -> Result<()> {
+    match Query::new(grammar, query_text(r, lang)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ScanError::Rule {
+            id: r.info.id.clone(),
+            path: r.info.source.clone(),
+            message: format!(
+                "query does not compile for {lang} ({:?}): {} at row {}, column {}",
+                e.kind, e.message, e.row, e.column
+            ),
+        }),
+    }
+}
+
+/// Every capture a rule's conditions and checks name is captured by its query.
+fn check_capture_names(r: &Rule, lang: Language) -> Result<()> {
+    let q_text = query_text(r, lang);
+    let uses = |name: &str| {
+        q_text.match_indices(&format!("@{name}")).any(|(at, m)| {
+            !q_text[at + m.len()..]
+                .starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '.')
+        })
+    };
+    let mut names: Vec<&str> = r.conditions.iter().map(|c| c.capture.as_str()).collect();
+    for c in r.unless.iter().chain(&r.when) {
+        names.extend(c.captures.iter().map(String::as_str));
+    }
+    for name in names {
+        if !uses(name) {
+            return Err(ScanError::Rule {
+                id: r.info.id.clone(),
+                path: r.info.source.clone(),
+                message: format!("refers to @{name}, which its query does not capture"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn query_text(r: &Rule, lang: Language) -> &str {
@@ -649,45 +786,4 @@ fn check_found(
         && check_regex(rules::fill(&c.template, &capture_text), |re| {
             re.is_some_and(|re| re.is_match(&code[s..e]))
         })
-}
-
-/// Why the tree under `root` would make query matching slow, if it would. tree-sitter's query
-/// cursor costs, at every node, work proportional to its depth and to the run of anonymous
-/// siblings after it (it looks for the next named sibling), so a deep tree or a long run of bare
-/// punctuation (what error recovery makes of 64k `(`) is quadratic. One O(n) walk.
-fn tree_shape_problem(root: Node, limits: &ScanLimits) -> Option<String> {
-    let mut cursor = root.walk();
-    let mut depth = 0usize;
-    // Length of the current run of anonymous siblings at the cursor's level.
-    let mut run = 0usize;
-    let mut runs: Vec<usize> = Vec::new();
-    loop {
-        let node = cursor.node();
-        run = if node.is_named() { 0 } else { run + 1 };
-        if run > limits.max_anonymous_run {
-            return Some(format!(
-                "has a run of more than {} bare tokens side by side",
-                limits.max_anonymous_run
-            ));
-        }
-        if cursor.goto_first_child() {
-            depth += 1;
-            if depth > limits.max_depth {
-                return Some(format!("nests deeper than {} levels", limits.max_depth));
-            }
-            runs.push(run);
-            run = 0;
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return None;
-            }
-            depth -= 1;
-            run = runs.pop().unwrap_or(0);
-        }
-    }
 }

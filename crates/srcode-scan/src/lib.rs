@@ -14,11 +14,12 @@ pub mod error;
 pub mod external;
 pub mod extract;
 pub mod lang;
+pub mod matcher;
 pub mod pairs;
 pub mod rules;
 pub mod sarif;
 
-pub use engine::{ScanLimits, ScanReport, Scanner};
+pub use engine::{QueryEngine, ScanLimits, ScanReport, Scanner};
 
 pub use error::{Result, ScanError};
 pub use srcode_core::{Cwe, Finding, Language, LineIndex, Severity, Span};
