@@ -258,6 +258,8 @@ impl NativeQuery {
             limit: limits.step_limit,
             kids: Vec::new(),
             kid_cursor: None,
+            root: None,
+            root_kids: Vec::new(),
         };
         let mut cursor = tree.walk();
         let mut visited = 0usize;
@@ -278,6 +280,7 @@ impl NativeQuery {
             }
             let k = kinds.of(node) as usize;
             let by_kind = self.roots.get(k).map_or(&[][..], |v| v.as_slice());
+            ctx.root = Some((node.id(), false));
             for &(pi, ai) in by_kind.iter().chain(&self.wild_roots) {
                 let pat = &self.patterns[pi as usize];
                 ctx.steps = 0;
@@ -370,6 +373,9 @@ struct Ctx<'a, 't> {
     kids: Vec<Vec<(Node<'t>, Option<NonZeroU16>)>>,
     /// Reused to list children (a fresh cursor allocates).
     kid_cursor: Option<tree_sitter::TreeCursor<'t>>,
+    /// The node patterns are being tried at, and whether `root_kids` lists its children yet.
+    root: Option<(usize, bool)>,
+    root_kids: Vec<(Node<'t>, Option<NonZeroU16>)>,
 }
 
 type Cont<'k, 'a, 't> = &'k mut dyn FnMut(&mut Ctx<'a, 't>);
@@ -439,20 +445,35 @@ impl<'a, 't> Ctx<'a, 't> {
         if np.children.is_empty() {
             k(self);
         } else {
-            let mut kids = self.kids.pop().unwrap_or_default();
-            kids.clear();
-            let c = self.kid_cursor.get_or_insert_with(|| node.walk());
-            c.reset(node);
-            if c.goto_first_child() {
-                loop {
-                    kids.push((c.node(), c.field_id()));
-                    if !c.goto_next_sibling() {
-                        break;
+            // The root node's children are listed once for all the patterns tried at it.
+            let at_root = self.root.is_some_and(|(id, _)| id == node.id());
+            let mut kids = if at_root {
+                std::mem::take(&mut self.root_kids)
+            } else {
+                self.kids.pop().unwrap_or_default()
+            };
+            if !at_root || self.root == Some((node.id(), false)) {
+                kids.clear();
+                let c = self.kid_cursor.get_or_insert_with(|| node.walk());
+                c.reset(node);
+                if c.goto_first_child() {
+                    loop {
+                        kids.push((c.node(), c.field_id()));
+                        if !c.goto_next_sibling() {
+                            break;
+                        }
                     }
+                }
+                if at_root {
+                    self.root = Some((node.id(), true));
                 }
             }
             self.match_seq(pat, np, &kids, 0, 0, false, k);
-            self.kids.push(kids);
+            if at_root {
+                self.root_kids = kids;
+            } else {
+                self.kids.push(kids);
+            }
         }
         self.caps.truncate(mark);
     }
