@@ -1,5 +1,6 @@
-//! The rule engine: parses once per text with tree-sitter, runs every rule of the language in one
-//! pass of one compiled query, then the regex rules, and reports findings with byte spans.
+//! The rule engine: parses once per text with tree-sitter, runs the rules' queries in one walk
+//! over the tree (srcode's native matcher; tree-sitter's query engine for queries outside its
+//! subset), then the regex rules, and reports findings with byte spans.
 
 use crate::error::{Result, ScanError};
 use crate::extract;
@@ -140,8 +141,9 @@ impl Scanner {
     }
 
     /// Like [`Scanner::with_rule_dirs`], but each language's queries are compiled when that
-    /// language is first scanned (a query error then surfaces on that scan). Compiling costs
-    /// 0.2 s for C++ alone, so a command that scans one language starts faster.
+    /// language is first scanned (a query error then surfaces on that scan). Only queries
+    /// outside the native matcher's subset cost much to compile (tree-sitter analyses them
+    /// against the grammar, 20–60 ms per language).
     pub fn with_rule_dirs_lazy(dirs: &[impl AsRef<Path>]) -> Result<Self> {
         Self::lazy(Self::load_rules(dirs)?)
     }
@@ -162,8 +164,7 @@ impl Scanner {
     /// A scanner over exactly these rules, all queries compiled now. Rule ids must be unique.
     pub fn new(rules: Vec<Rule>) -> Result<Self> {
         let s = Self::lazy(rules)?;
-        // Query compilation dominates start-up (tree-sitter analyses every pattern against the
-        // grammar); the languages compile in parallel.
+        // The languages compile in parallel (it matters for queries tree-sitter compiles).
         s.prepare(&Language::ALL)?;
         Ok(s)
     }

@@ -2,8 +2,9 @@
 //!
 //! - [`rules`]: rules are data (TOML), embedded in the binary and extendable from a directory;
 //!   each carries examples that must and must not match.
-//! - [`engine`]: the [`Scanner`] parses with tree-sitter (parsers and compiled queries are built
+//! - [`engine`]: the [`Scanner`] parses with tree-sitter (parsers and compiled rules are built
 //!   once and reused) and reports [`Finding`]s with exact byte spans.
+//! - [`matcher`]: srcode's own matcher for the tree-sitter query subset the rules use.
 //! - [`extract`]: code extraction from LLM answers (Markdown fences), keeping offsets into the
 //!   original text.
 //! - [`sarif`]: SARIF 2.1.0 output; [`external`]: semgrep, cppcheck, flawfinder and bandit as
