@@ -9,13 +9,32 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use srcode_scan::{Finding, Language, Scanner};
+use srcode_scan::{Finding, Language, QueryEngine, Scanner};
 use std::sync::OnceLock;
 
 static SCANNER: OnceLock<Scanner> = OnceLock::new();
+static REFERENCE: OnceLock<Scanner> = OnceLock::new();
 
 fn scanner() -> &'static Scanner {
     SCANNER.get_or_init(|| Scanner::builtin().expect("built-in rules must compile"))
+}
+
+/// The same rules on tree-sitter's query engine: the native matcher must agree with it.
+fn reference() -> &'static Scanner {
+    REFERENCE.get_or_init(|| {
+        Scanner::builtin()
+            .expect("built-in rules must compile")
+            .with_engine(QueryEngine::TreeSitter)
+    })
+}
+
+fn key(f: &[Finding]) -> Vec<(&str, usize, usize)> {
+    let mut v: Vec<_> = f
+        .iter()
+        .map(|f| (f.rule_id.as_str(), f.byte_start, f.byte_end))
+        .collect();
+    v.sort();
+    v
 }
 
 fn check(f: &Finding, len: usize, lang: Language, answer: bool) {
@@ -52,9 +71,30 @@ fuzz_target!(|data: &[u8]| {
         s.scan_code(text, lang, "fuzz")
     };
     // An error (too large, parse timeout) is an acceptable answer; a panic is not.
-    if let Ok(findings) = res {
-        for f in &findings {
+    if let Ok(findings) = &res {
+        for f in findings {
             check(f, text.len(), lang, answer);
+        }
+    }
+    // Differential: tree-sitter's query engine finds exactly the same (or fails alike).
+    let r = reference();
+    let want = if answer {
+        r.scan_answer(text, lang, "fuzz.md")
+    } else {
+        r.scan_code(text, lang, "fuzz")
+    };
+    match (&res, &want) {
+        (Ok(a), Ok(b)) => assert_eq!(key(a), key(b), "native vs tree-sitter, lang={lang:?}"),
+        (Err(_), Err(_)) => {}
+        (a, b) => {
+            // Only a deadline may separate them (the engines take different times).
+            let timed_out = |e: &srcode_scan::ScanError| e.to_string().contains("longer than");
+            assert!(
+                a.as_ref().err().is_some_and(timed_out) || b.as_ref().err().is_some_and(timed_out),
+                "one engine failed: native {:?}, tree-sitter {:?}",
+                a.as_ref().err().map(|e| e.to_string()),
+                b.as_ref().err().map(|e| e.to_string())
+            );
         }
     }
 });

@@ -422,10 +422,12 @@ impl<'a, 't> Ctx<'a, 't> {
     }
 
     fn node_passes(&self, np: &NodePat, node: Node<'_>) -> bool {
+        // Wildcards do not match ERROR nodes (tree-sitter matches them only where a pattern
+        // names ERROR, which this matcher leaves to tree-sitter).
         match np.test {
             Test::Kind(k) => self.kinds.of(node) == k,
-            Test::Named => node.is_named(),
-            Test::Any => true,
+            Test::Named => node.is_named() && !node.is_error(),
+            Test::Any => !node.is_error(),
         }
     }
 
@@ -1039,6 +1041,10 @@ mod tests {
             "(compound_statement (expression_statement)+ @e)",
             code,
         );
+        // Found by fuzzing: an ERROR node among the arguments is no wildcard's match.
+        let broken = "void g(){ strcpy(s, ` \"x\"); }";
+        same(c.clone(), "(argument_list (_) (_) @src)", broken);
+        same(c.clone(), "(argument_list _ @a)", broken);
         let py: Language = tree_sitter_python::LANGUAGE.into();
         let code =
             "import os\ndef f(x):\n    os.system('ls ' + x)\n    cur.execute(f\"SELECT {x}\")\n";
