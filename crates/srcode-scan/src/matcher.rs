@@ -150,6 +150,14 @@ struct Pattern {
     owner: usize,
     alts: Vec<NodePat>,
     preds: Vec<Pred>,
+    /// Has a child with `?`, `*` or `+` somewhere.
+    optional: bool,
+}
+
+fn has_quantifier(np: &NodePat) -> bool {
+    np.children
+        .iter()
+        .any(|c| c.quant != Quant::One || c.alts.iter().any(has_quantifier))
 }
 
 /// Compiled patterns of one language, each tagged with an owner (the rule it belongs to).
@@ -211,6 +219,7 @@ impl NativeQuery {
             }
             pats.push(Pattern {
                 owner,
+                optional: alts.iter().any(has_quantifier),
                 alts,
                 preds: std::mem::take(&mut p.preds),
             });
@@ -293,11 +302,15 @@ impl NativeQuery {
                 });
                 // Like tree-sitter, a match is not reported when another match of the same
                 // pattern at the same node captured everything it did and more (an optional
-                // child that could match, did).
+                // child that could match, did). Only patterns with optional or repeated
+                // children can have such pairs; past a few hundred matches at one node the
+                // quadratic comparison is skipped.
+                let filter = pat.optional && found.len() > 1 && found.len() <= 256;
                 for (i, m) in found.iter().enumerate() {
-                    let dominated = found.iter().enumerate().any(|(j, o)| {
-                        j != i && o.len() > m.len() && m.iter().all(|c| o.contains(c))
-                    });
+                    let dominated = filter
+                        && found.iter().enumerate().any(|(j, o)| {
+                            j != i && o.len() > m.len() && m.iter().all(|c| o.contains(c))
+                        });
                     if !dominated {
                         f(pat.owner, m);
                     }

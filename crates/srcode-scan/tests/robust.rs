@@ -133,3 +133,48 @@ fn pathological_tree_shapes_are_refused_quickly_and_real_code_is_not() {
         .to_string();
     assert!(e.contains("deeper than 10"), "{e}");
 }
+
+/// A user rule whose pattern matches every element of a 30,000-element initializer, once with
+/// an optional child (the case where matches are compared with each other): every element is
+/// reported, quickly.
+#[test]
+fn a_user_pattern_matching_thousands_of_siblings_stays_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wide.toml"),
+        r#"
+[[rule]]
+id = "c.every-number"
+severity = "low"
+languages = ["c"]
+message = "a number"
+query = '(initializer_list (number_literal) @finding)'
+bad = ["int t[] = {1};"]
+good = ["int t[] = {};"]
+
+[[rule]]
+id = "c.every-number-maybe-after-a-string"
+severity = "low"
+languages = ["c"]
+message = "a number"
+query = '(initializer_list (string_literal)? (number_literal) @finding)'
+bad = ["int t[] = {1};"]
+good = ["int t[] = {};"]
+"#,
+    )
+    .unwrap();
+    let s = Scanner::with_rule_dirs(&[dir.path()]).unwrap();
+    assert!(s.check_examples().is_empty());
+    let n = 30_000;
+    let table = format!(
+        "int t[] = {{{}}};\n",
+        (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
+    let t = Instant::now();
+    let found = s.scan_code(table.as_bytes(), Language::C, "t.c").unwrap();
+    let took = t.elapsed();
+    for id in ["c.every-number", "c.every-number-maybe-after-a-string"] {
+        assert_eq!(found.iter().filter(|f| f.rule_id == id).count(), n, "{id}");
+    }
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
