@@ -32,6 +32,11 @@
 //! Where grammars differ, `query` can be a table with one query per language:
 //! `query = { c = '...', cpp = '...' }`.
 //!
+//! Queries in the subset [`crate::matcher`] supports (node patterns, fields, anchors,
+//! alternations, quantifiers, captures, and the `eq`/`match`/`any-of` predicates and their
+//! `not-` forms) run on srcode's own matcher and cost nothing to compile; any other query runs on
+//! tree-sitter's engine, which compiles it when its language is first scanned.
+//!
 //! The finding's span is the `@finding` capture (else the whole match). A regex rule's span is
 //! its named group `finding` (else the whole match); regex matches inside comments are ignored.
 
