@@ -328,9 +328,8 @@ impl Scanner {
         }
         let pack = self.pack(lang)?;
         let tree = self.parse(code, lang)?;
-        let started = Instant::now();
         let root = tree.root_node();
-        let deadline = started + self.limits.match_timeout;
+        let deadline = Instant::now() + self.limits.match_timeout;
         // One walk runs the native patterns and checks the tree's shape (before tree-sitter's
         // cursor, which a pathological shape would make quadratic, ever sees it).
         let walk_limits = WalkLimits {
@@ -364,8 +363,8 @@ impl Scanner {
                 "{lang} syntax tree {problem}"
             )));
         }
-        let native_complete = walk == Walk::Complete;
-        if let (Some(q), true) = (&pack.query, native_complete) {
+        // A walk stopped by the deadline leaves tree-sitter's query unrun (an error below).
+        if let Some(q) = pack.query.as_ref().filter(|_| walk == Walk::Complete) {
             let mut cursor = QueryCursor::new();
             cursor.set_match_limit(1024);
             let mut past_deadline = |_: &tree_sitter::QueryCursorState| Instant::now() > deadline;
@@ -395,7 +394,7 @@ impl Scanner {
                 }
             }
         }
-        if Instant::now() > started + self.limits.match_timeout {
+        if Instant::now() > deadline {
             return Err(ScanError::Unsupported(format!(
                 "matching the {lang} rules took longer than {:?}",
                 self.limits.match_timeout

@@ -9,11 +9,14 @@
 //! `name: pattern`, anchors `.`, alternations `[...]`, quantifiers `?` `*` `+`, captures
 //! `@name`, a grouping around one pattern with its predicates, and the text predicates
 //! `#eq?` `#not-eq?` `#match?` `#not-match?` `#any-of?` `#not-any-of?`. Anything else (negated
-//! fields, supertypes, sibling groups, the `#any-…` forms, other predicates) is [`CompileError::Unsupported`]: the caller then uses
-//! tree-sitter's own engine for that rule, which also reports real syntax errors by name.
+//! fields, supertypes, sibling groups, the `#any-…` forms, other predicates) is
+//! [`CompileError::Unsupported`]: the caller then uses tree-sitter's own engine for that rule,
+//! which also reports real syntax errors by name.
 //!
-//! Every way a pattern can match is reported (each assignment of children), as tree-sitter
-//! does; the scanner's differential test checks that both engines find the same on real code.
+//! The matches reported are tree-sitter's: every assignment of children to steps that capture
+//! something or have children, the first fitting sibling for bare uncaptured steps, and no
+//! match whose captures another match at the same node extends. The scanner's differential
+//! tests and fuzz target check that both engines find the same.
 
 use std::collections::HashMap;
 use std::num::NonZeroU16;
@@ -294,8 +297,17 @@ impl NativeQuery {
                 let pat = &self.patterns[pi as usize];
                 ctx.steps = 0;
                 ctx.caps.clear();
+                let alt = &pat.alts[ai as usize];
+                if !pat.optional {
+                    ctx.match_node(pat, alt, node, &mut |ctx| {
+                        if ctx.cross_preds_hold(pat) {
+                            f(pat.owner, &ctx.caps);
+                        }
+                    });
+                    continue;
+                }
                 found.clear();
-                ctx.match_node(pat, &pat.alts[ai as usize], node, &mut |ctx| {
+                ctx.match_node(pat, alt, node, &mut |ctx| {
                     if ctx.cross_preds_hold(pat) {
                         found.push(ctx.caps.clone());
                     }
@@ -305,7 +317,7 @@ impl NativeQuery {
                 // child that could match, did). Only patterns with optional or repeated
                 // children can have such pairs; past a few hundred matches at one node the
                 // quadratic comparison is skipped.
-                let filter = pat.optional && found.len() > 1 && found.len() <= 256;
+                let filter = found.len() > 1 && found.len() <= 256;
                 for (i, m) in found.iter().enumerate() {
                     let dominated = filter
                         && found.iter().enumerate().any(|(j, o)| {
@@ -467,7 +479,8 @@ impl<'a, 't> Ctx<'a, 't> {
             } else {
                 self.kids.pop().unwrap_or_default()
             };
-            if !at_root || self.root == Some((node.id(), false)) {
+            let listed = at_root && self.root.is_some_and(|(_, listed)| listed);
+            if !listed {
                 kids.clear();
                 let c = self.kid_cursor.get_or_insert_with(|| node.walk());
                 c.reset(node);
