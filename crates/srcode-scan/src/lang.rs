@@ -59,8 +59,10 @@ pub fn is_constant_string(lang: Language, node: tree_sitter::Node<'_>) -> bool {
     match lang {
         Language::C | Language::Cpp => match kind {
             "string_literal" | "raw_string_literal" | "char_literal" => true,
+            // An identifier beside a string literal can only be a macro that expands to a
+            // string literal (`KERN_INFO "..."`, `"%" PRId64`): the whole is still constant.
             "concatenated_string" => all_children(node, |c| {
-                is_constant_string(lang, c) || c.kind() == "comment"
+                is_constant_string(lang, c) || matches!(c.kind(), "identifier" | "comment")
             }),
             _ => false,
         },

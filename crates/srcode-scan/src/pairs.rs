@@ -97,29 +97,52 @@ impl PairCounts {
     }
 }
 
-/// Per-CWE counts and their total.
+/// Per-CWE counts and their total, and the same per rule: a rule that fires as often on the
+/// fixed versions as on the vulnerable ones is noise to a reward built on it.
 #[derive(Debug, Clone, Default)]
 pub struct PairReport {
     pub by_cwe: BTreeMap<Cwe, PairCounts>,
     pub total: PairCounts,
+    /// Counts of the pairs where the rule fired on either side (`pairs` is that number).
+    pub by_rule: BTreeMap<String, PairCounts>,
+}
+
+/// Findings per rule id.
+fn per_rule(findings: &[srcode_core::Finding]) -> BTreeMap<&str, usize> {
+    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in findings {
+        *m.entry(f.rule_id.as_str()).or_default() += 1;
+    }
+    m
 }
 
 /// Scans both sides of every pair.
 pub fn evaluate(scanner: &Scanner, pairs: &[Pair]) -> Result<PairReport> {
     let mut rep = PairReport::default();
     for p in pairs {
-        let v = scanner
-            .scan_code(p.vulnerable.as_bytes(), p.lang, "")?
-            .len();
-        let f = scanner.scan_code(p.fixed.as_bytes(), p.lang, "")?.len();
-        let c = PairCounts {
+        let vf = scanner.scan_code(p.vulnerable.as_bytes(), p.lang, "")?;
+        let ff = scanner.scan_code(p.fixed.as_bytes(), p.lang, "")?;
+        let counts = |v: usize, f: usize| PairCounts {
             pairs: 1,
             vulnerable_flagged: usize::from(v > 0),
             fixed_flagged: usize::from(f > 0),
             fewer_after_fix: usize::from(v > f),
         };
+        let c = counts(vf.len(), ff.len());
         rep.by_cwe.entry(p.cwe).or_default().add(&c);
         rep.total.add(&c);
+        let (vr, fr) = (per_rule(&vf), per_rule(&ff));
+        let mut rules: Vec<&str> = vr.keys().chain(fr.keys()).copied().collect();
+        rules.sort_unstable();
+        rules.dedup();
+        for rule in rules {
+            let v = vr.get(rule).copied().unwrap_or(0);
+            let f = fr.get(rule).copied().unwrap_or(0);
+            rep.by_rule
+                .entry(rule.to_string())
+                .or_default()
+                .add(&counts(v, f));
+        }
     }
     Ok(rep)
 }
@@ -153,6 +176,20 @@ impl PairReport {
             s.push_str(&row(&cwe.to_string(), c));
         }
         s.push_str(&row("**all**", &self.total));
+        s
+    }
+
+    /// A Markdown table with one row per rule that fired on either side of some pair.
+    pub fn markdown_by_rule(&self) -> String {
+        let mut s = String::from(
+            "| rule | pairs | vulnerable flagged | fixed flagged | more findings in vulnerable |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (rule, c) in &self.by_rule {
+            s.push_str(&format!(
+                "| {rule} | {} | {} | {} | {} |\n",
+                c.pairs, c.vulnerable_flagged, c.fixed_flagged, c.fewer_after_fix
+            ));
+        }
         s
     }
 }

@@ -19,4 +19,15 @@ fn vulnerable_versions_are_flagged_more_often_than_fixed_ones() {
         rep.total.gap(),
         rep.markdown()
     );
+    // The per-rule table accounts for every flagged side.
+    let sum = |f: fn(&pairs::PairCounts) -> usize| rep.by_rule.values().map(f).sum::<usize>();
+    assert!(sum(|c| c.vulnerable_flagged) >= rep.total.vulnerable_flagged);
+    assert!(sum(|c| c.fixed_flagged) >= rep.total.fixed_flagged);
+    for (rule, c) in &rep.by_rule {
+        assert!(
+            c.pairs >= c.vulnerable_flagged.max(c.fixed_flagged),
+            "{rule}"
+        );
+        assert!(c.vulnerable_flagged + c.fixed_flagged > 0, "{rule}");
+    }
 }
