@@ -416,12 +416,12 @@ impl Scanner {
                     continue;
                 }
                 if let Some(u) = &rule.unless {
-                    if check_found(lang, code, node, m.end(), u, |_| None) {
+                    if find_check(lang, code, node, m.end(), u, |_| None).is_some() {
                         continue;
                     }
                 }
                 if let Some(w) = &rule.when {
-                    if !check_found(lang, code, node, m.end(), w, |_| None) {
+                    if find_check(lang, code, node, m.end(), w, |_| None).is_none() {
                         continue;
                     }
                 }
@@ -476,14 +476,23 @@ impl Scanner {
             Some(regex::escape(&String::from_utf8_lossy(t)))
         };
         if let Some(u) = &rule.unless {
-            if check_found(lang, code, anchor, e, u, capture_text) {
+            if find_check(lang, code, anchor, e, u, capture_text).is_some() {
                 return None;
             }
         }
         if let Some(w) = &rule.when {
-            if !check_found(lang, code, anchor, e, w, capture_text) {
-                return None;
-            }
+            let (ms, me) = find_check(lang, code, anchor, e, w, capture_text)?;
+            // Move the finding onto the capture's text inside the match (its first use).
+            let at = w.report_at.as_deref().and_then(|name| {
+                let node = nodes(name_index(name)?).next()?;
+                let t = code.get(node.start_byte()..node.end_byte())?;
+                if t.is_empty() {
+                    return None;
+                }
+                let i = code[ms..me].windows(t.len()).position(|x| x == t)?;
+                Some((ms + i, ms + i + t.len()))
+            });
+            return Some(at.unwrap_or((s, e)));
         }
         Some((s, e))
     }
@@ -743,15 +752,15 @@ fn in_comment(mut node: Node<'_>) -> bool {
     }
 }
 
-/// Whether a rule's `unless`/`when` regex occurs in its scope around `anchor`.
-fn check_found(
+/// Where a rule's `unless`/`when` regex first matches in its scope around `anchor`, if it does.
+fn find_check(
     lang: Language,
     code: &[u8],
     anchor: Node<'_>,
     finding_end: usize,
     c: &rules::Check,
     capture_text: impl Fn(&str) -> Option<String>,
-) -> bool {
+) -> Option<(usize, usize)> {
     let (mut s, mut e) = match c.scope {
         Scope::File => (0, code.len()),
         Scope::Function => {
@@ -782,8 +791,11 @@ fn check_found(
             }
         }
     }
-    s < e
-        && check_regex(rules::fill(&c.template, &capture_text), |re| {
-            re.is_some_and(|re| re.is_match(&code[s..e]))
-        })
+    if s >= e {
+        return None;
+    }
+    check_regex(rules::fill(&c.template, &capture_text), |re| {
+        re.and_then(|re| re.find(&code[s..e]))
+            .map(|m| (s + m.start(), s + m.end()))
+    })
 }

@@ -25,6 +25,8 @@
 //! # `when` is the opposite: keep the finding only if the regex occurs. With `after = true`, a
 //! # `stop` regex ends the searched region (e.g. `free(p)` ... use of p, stopping at `p = `).
 //! # when = { pattern = '\b{p}\s*->', after = true, stop = '\b{p}\s*=[^=]' }
+//! # `report_at = "p"` on a `when` reports the finding at {p} inside the regex's match (the
+//! # first unchecked use) instead of at the query's @finding.
 //! bad = ["void f(char *s){ char b[8]; strcpy(b, s); }"]
 //! good = ['void f(void){ char b[8]; strcpy(b, "hi"); }']
 //! ```
@@ -115,6 +117,7 @@ struct CheckDef {
     #[serde(default)]
     after: bool,
     stop: Option<String>,
+    report_at: Option<String>,
 }
 
 /// Where a rule's `unless` pattern is searched.
@@ -154,6 +157,10 @@ pub struct Check {
     pub stop: Option<String>,
     /// Capture names the templates refer to.
     pub captures: Vec<String>,
+    /// `when` only: the finding is reported at this capture's text inside the regex match (an
+    /// unchecked pointer's first use rather than its allocation), so it lands on the code that
+    /// is missing the check even when the allocation came before it (e.g. in a prompt).
+    pub report_at: Option<String>,
 }
 
 /// A validated rule.
@@ -316,6 +323,22 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
                     format!("a regex rule's `{what}` cannot use captures"),
                 ));
             }
+            if let Some(at) = &c.report_at {
+                if what != "when" {
+                    return Err(rule_err(
+                        &id,
+                        path,
+                        format!("{what}.report_at: only `when` can move the finding"),
+                    ));
+                }
+                if !placeholders(&c.pattern).contains(at) {
+                    return Err(rule_err(
+                        &id,
+                        path,
+                        format!("when.report_at names `{at}`, which the pattern does not use as {{{at}}}"),
+                    ));
+                }
+            }
             // Check the templates compile with placeholder text in place.
             for t in std::iter::once(&c.pattern).chain(c.stop.as_ref()) {
                 compile_regex(&id, path, what, &fill(t, |_| Some("x".to_string())))?;
@@ -326,6 +349,7 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>> {
                 after: c.after,
                 stop: c.stop,
                 captures,
+                report_at: c.report_at,
             }))
         };
         let unless = check("unless", d.unless)?;
@@ -453,6 +477,36 @@ mod tests {
             vec!["p", "q"]
         );
         assert_eq!(fill(r"x{a}y{2}", |_| Some("Z".into())), "xZy{2}");
+    }
+
+    #[test]
+    fn report_at_is_for_when_and_names_a_placeholder() {
+        let rule = |check: &str| {
+            format!(
+                "[[rule]]\nid='x'\nseverity='low'\nlanguages=['c']\nmessage='m'\n\
+                 query='(call_expression function: (identifier) @p) @finding'\n{check}\n"
+            )
+        };
+        let e = parse_rules(
+            "t.toml",
+            &rule("unless = { pattern = '{p}', report_at = 'p' }"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only `when`"), "{e}");
+        let e = parse_rules(
+            "t.toml",
+            &rule("when = { pattern = '{p}', report_at = 'q' }"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`q`"), "{e}");
+        let ok = parse_rules(
+            "t.toml",
+            &rule("when = { pattern = '{p}', report_at = 'p' }"),
+        )
+        .unwrap();
+        assert_eq!(ok[0].when.as_ref().unwrap().report_at.as_deref(), Some("p"));
     }
 
     #[test]
