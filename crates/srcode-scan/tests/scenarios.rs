@@ -3,9 +3,9 @@
 //! write them (`tests/scenarios/{secure,vulnerable}.json`, keyed by `<cwe>/<scenario>`). The
 //! evaluation counts only findings that end past the prompt, so each completion is scanned
 //! after its prompt and judged the same way. Secure completions must not be flagged; the
-//! vulnerable ones must be, except where no syntactic signal exists (the three CWE-190
-//! scenarios: an unchecked `+=` or sum looks like any other arithmetic). Skips, saying so,
-//! when `../shared/data` is absent.
+//! vulnerable ones must be, except where no syntactic signal exists (CWE-190 scenario 2: a sum
+//! of monthly sales that can overflow looks like any other sum). Skips, saying so, when
+//! `../shared/data` is absent.
 
 use srcode_scan::{Language, Scanner};
 use std::collections::BTreeMap;
@@ -69,8 +69,9 @@ fn vulnerable_completions_of_the_sven_scenarios_are_flagged() {
         .map(|(k, _)| k)
         .collect();
     eprintln!("missed: {missed:?}");
-    assert!(
-        missed.iter().all(|k| k.starts_with("cwe-190/")),
+    assert_eq!(
+        missed,
+        ["cwe-190/2-c"],
         "vulnerable completions not flagged: {missed:?}"
     );
     // Where the prompt allocates and the completion uses the pointer unchecked, the finding
