@@ -2,8 +2,9 @@
 //! finding covers, so a rule that fires on the idiom it asks for (`if ((p = malloc(n)) ==
 //! NULL)`, a copy into a buffer allocated for exactly that length, a format string built from
 //! a macro and a literal) teaches the policy to avoid the fix. `tests/idioms/` holds such code
-//! in C and Python (bounded copies, NULL checks, parameterised SQL, argument-list subprocess
-//! calls, safe YAML, `secrets`, path checks, escaped HTML, allow-listed fetches).
+//! in C, Python, Java and JavaScript (bounded copies, NULL checks, parameterised SQL,
+//! argument-list process calls, safe YAML, secure random tokens, SHA-256 and AES-GCM, path
+//! checks, escaped HTML, allow-listed fetches and redirects).
 //!
 //! Known false positives, left out of the corpus: `strncpy(d, s, size - 1)` and
 //! `read(fd, buf, cap - 1)` where the bound is a size parameter that is never compared
