@@ -1,6 +1,7 @@
 //! In-process scan latency on typical LLM-sized functions (30–80 lines of C or Python, taken
 //! from SVEN's training split): `cargo bench -p srcode-scan --bench scan`.
-//! Reports the median, p90 and maximum time of one `Scanner::scan_code` call per language.
+//! Reports the median, p90 and maximum time of one `Scanner::scan_code` call per language, and
+//! the median of tree-sitter parsing alone (what any tree-sitter-based analyser pays).
 
 use srcode_scan::{Language, Scanner};
 use std::time::{Duration, Instant};
@@ -52,8 +53,10 @@ fn main() {
         "scanner construction (all rules, 5 languages): {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    println!("| language | snippets | lines (mean) | median | p90 | max | findings |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| language | snippets | lines (mean) | median | p90 | max | findings | tree-sitter parse alone, median |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for lang in [Language::C, Language::Python] {
         let snips = snippets(&data, lang);
         if snips.is_empty() {
@@ -74,11 +77,27 @@ fn main() {
                 findings += f.len();
             }
         }
+        // The floor under any tree-sitter analyser: parsing alone, with a reused parser.
+        let mut parser = tree_sitter::Parser::new();
+        parser
+            .set_language(&srcode_scan::lang::grammar(lang))
+            .expect("grammar");
+        let mut parse_times: Vec<Duration> = Vec::new();
+        for _ in 0..5 {
+            for s in &snips {
+                let t = Instant::now();
+                let tree = parser.parse(s.as_bytes(), None);
+                drop(tree);
+                parse_times.push(t.elapsed());
+            }
+        }
+        parse_times.sort();
+        let parse_median = parse_times[parse_times.len() / 2].as_secs_f64() * 1e3;
         times.sort();
         let q = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
         let lines: usize = snips.iter().map(|s| s.lines().count()).sum();
         println!(
-            "| {lang} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {} |",
+            "| {lang} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {} | {parse_median:.3} ms |",
             snips.len(),
             lines as f64 / snips.len() as f64,
             q(0.5),

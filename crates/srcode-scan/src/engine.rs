@@ -1,6 +1,6 @@
-//! The rule engine: parses once per text with tree-sitter, runs the rules' queries in one walk
-//! over the tree (srcode's native matcher; tree-sitter's query engine for queries outside its
-//! subset), then the regex rules, and reports findings with byte spans.
+//! The rule engine: parses once per text with tree-sitter, runs the rules' queries over the
+//! tree (srcode's native matcher; tree-sitter's query engine for queries outside its subset),
+//! then the regex rules, and reports findings with byte spans.
 
 use crate::error::{Result, ScanError};
 use crate::extract;
@@ -13,7 +13,7 @@ use srcode_core::{Finding, Language, LineIndex};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use streaming_iterator::StreamingIterator;
 use tree_sitter::{Node, Parser, Query, QueryCursor, Tree};
@@ -105,27 +105,40 @@ const NATIVE_STEP_LIMIT: usize = 100_000;
 
 thread_local! {
     static PARSERS: RefCell<Vec<Option<Parser>>> = RefCell::new((0..5).map(|_| None).collect());
-    /// Compiled `unless`/`when` regexes by their filled-in source: the same identifier recurs
-    /// in a file and across rollouts, and compiling costs far more than matching.
-    static CHECKS: RefCell<HashMap<String, Option<regex::bytes::Regex>>> = RefCell::new(HashMap::new());
 }
 
-/// A compiled check regex from the per-thread cache (ASCII classes: `\w`, `\b` over bytes).
+/// A compiled `unless`/`when` regex (`None`: the filled-in source does not compile).
+type CheckRegex = Option<Arc<regex::bytes::Regex>>;
+
+/// Compiled `unless`/`when` regexes by their filled-in source, shared by all threads: the same
+/// identifier recurs in a file, across files and across rollouts, and compiling (~90 µs)
+/// costs far more than matching.
+static CHECKS: LazyLock<Mutex<HashMap<String, CheckRegex>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A compiled check regex from the shared cache (ASCII classes: `\w`, `\b` over bytes).
 fn check_regex<R>(src: String, f: impl FnOnce(Option<&regex::bytes::Regex>) -> R) -> R {
-    CHECKS.with(|cell| {
-        let mut map = cell.borrow_mut();
-        if map.len() > 8192 {
-            map.clear();
-        }
-        let re = map.entry(src).or_insert_with_key(|k| {
-            regex::bytes::RegexBuilder::new(k)
+    let cached = CHECKS.lock().ok().and_then(|map| map.get(&src).cloned());
+    let re = match cached {
+        Some(re) => re,
+        None => {
+            // Compiled outside the lock; two threads may both compile a new source once.
+            let re = regex::bytes::RegexBuilder::new(&src)
                 .unicode(false)
                 .size_limit(1 << 22)
                 .build()
                 .ok()
-        });
-        f(re.as_ref())
-    })
+                .map(Arc::new);
+            if let Ok(mut map) = CHECKS.lock() {
+                if map.len() > 8192 {
+                    map.clear();
+                }
+                map.insert(src, re.clone());
+            }
+            re
+        }
+    };
+    f(re.as_deref())
 }
 
 impl Scanner {
@@ -330,8 +343,9 @@ impl Scanner {
         let tree = self.parse(code, lang)?;
         let root = tree.root_node();
         let deadline = Instant::now() + self.limits.match_timeout;
-        // One walk runs the native patterns and checks the tree's shape (before tree-sitter's
-        // cursor, which a pathological shape would make quadratic, ever sees it).
+        // The native matcher reads the tree once, checking its shape (before tree-sitter's
+        // cursor, which a pathological shape would make quadratic, ever sees it), and runs the
+        // native patterns on what it read.
         let walk_limits = WalkLimits {
             max_depth: self.limits.max_depth,
             max_anonymous_run: self.limits.max_anonymous_run,

@@ -2,8 +2,9 @@
 //! use. tree-sitter's `Query::new` analyses every pattern against the grammar's parse tables,
 //! which costs 20–60 ms per language pack (C++ is the slowest) and cannot be cached across
 //! processes; for a command-line scan of a few files that is most of the run. This matcher
-//! compiles a pattern in microseconds and matches by walking the syntax tree once, trying at
-//! each node only the patterns whose root node kind it has.
+//! compiles a pattern in microseconds, reads the syntax tree once into a flat array (kinds,
+//! fields, children lists), and tries at each node only the patterns whose root node kind it
+//! has.
 //!
 //! Supported: node patterns `(kind ...)`, `(_)`, `_`, anonymous nodes `"text"`, fields
 //! `name: pattern`, anchors `.`, alternations `[...]`, quantifiers `?` `*` `+`, captures
@@ -57,9 +58,11 @@ impl Kinds {
     }
 
     #[inline]
-    fn of(&self, node: Node<'_>) -> u16 {
-        let k = node.kind_id() as usize;
-        self.canon.get(k).copied().unwrap_or(u16::MAX)
+    fn canonical(&self, kind_id: u16) -> u16 {
+        self.canon
+            .get(kind_id as usize)
+            .copied()
+            .unwrap_or(u16::MAX)
     }
 }
 
@@ -250,9 +253,11 @@ impl NativeQuery {
         Ok(())
     }
 
-    /// Calls `f(owner, captures)` for every match in `tree`, in one walk over the tree that
-    /// also checks its shape against `limits` (see [`Walk`]). `stop` is asked every few
-    /// thousand nodes whether to give up.
+    /// Calls `f(owner, captures)` for every match in `tree`. The tree is first read once into
+    /// a flat array (checking its shape against `limits`, see [`Walk`]); patterns are then
+    /// tried node by node on that array instead of through tree-sitter's cursor, which made
+    /// every attempt and every listing of a node's children a chain of C calls. `stop` is
+    /// asked every few thousand nodes whether to give up.
     pub fn for_each_match<'t>(
         &self,
         kinds: &Kinds,
@@ -262,44 +267,30 @@ impl NativeQuery {
         stop: &mut dyn FnMut() -> bool,
         f: OnMatch<'_, 't>,
     ) -> Walk {
+        let flat = match FlatTree::read(kinds, tree, limits, stop) {
+            Ok(t) => t,
+            Err(w) => return w,
+        };
         let mut ctx = Ctx {
-            kinds,
+            tree: &flat,
             code,
             caps: Vec::new(),
             steps: 0,
             limit: limits.step_limit,
-            kids: Vec::new(),
-            kid_cursor: None,
-            root: None,
-            root_kids: Vec::new(),
         };
-        let mut cursor = tree.walk();
-        let mut visited = 0usize;
         let mut found: Vec<Vec<(u32, Node<'t>)>> = Vec::new();
-        let mut depth = 0usize;
-        // Length of the current run of anonymous siblings at the cursor's level, and the
-        // runs of the levels above.
-        let mut run = 0usize;
-        let mut runs: Vec<usize> = Vec::new();
-        loop {
-            let node = cursor.node();
-            run = if node.is_named() { 0 } else { run + 1 };
-            if run > limits.max_anonymous_run {
-                return Walk::Refused(format!(
-                    "has a run of more than {} bare tokens side by side",
-                    limits.max_anonymous_run
-                ));
-            }
-            let k = kinds.of(node) as usize;
-            let by_kind = self.roots.get(k).map_or(&[][..], |v| v.as_slice());
-            ctx.root = Some((node.id(), false));
+        for (i, n) in flat.nodes.iter().enumerate() {
+            let by_kind = self
+                .roots
+                .get(n.kind as usize)
+                .map_or(&[][..], |v| v.as_slice());
             for &(pi, ai) in by_kind.iter().chain(&self.wild_roots) {
                 let pat = &self.patterns[pi as usize];
                 ctx.steps = 0;
                 ctx.caps.clear();
                 let alt = &pat.alts[ai as usize];
                 if !pat.optional {
-                    ctx.match_node(pat, alt, node, &mut |ctx| {
+                    ctx.match_node(pat, alt, i as u32, &mut |ctx| {
                         if ctx.cross_preds_hold(pat) {
                             f(pat.owner, &ctx.caps);
                         }
@@ -307,7 +298,7 @@ impl NativeQuery {
                     continue;
                 }
                 found.clear();
-                ctx.match_node(pat, alt, node, &mut |ctx| {
+                ctx.match_node(pat, alt, i as u32, &mut |ctx| {
                     if ctx.cross_preds_hold(pat) {
                         found.push(ctx.caps.clone());
                     }
@@ -328,14 +319,84 @@ impl NativeQuery {
                     }
                 }
             }
-            visited += 1;
-            if visited.is_multiple_of(4096) && stop() {
+            if (i + 1).is_multiple_of(4096) && stop() {
                 return Walk::Stopped;
             }
+        }
+        Walk::Complete
+    }
+}
+
+/// One node of the flattened tree: what patterns test, read once.
+#[derive(Clone, Copy)]
+struct FlatNode<'t> {
+    node: Node<'t>,
+    /// Canonical kind id (see [`Kinds`]).
+    kind: u16,
+    /// The field this node fills in its parent.
+    field: Option<NonZeroU16>,
+    named: bool,
+    error: bool,
+    /// Its children: `FlatTree::kids[kids_start..kids_start + kids_len]`.
+    kids_start: u32,
+    kids_len: u32,
+}
+
+/// A syntax tree in preorder, with each node's children listed contiguously.
+struct FlatTree<'t> {
+    nodes: Vec<FlatNode<'t>>,
+    kids: Vec<u32>,
+}
+
+impl<'t> FlatTree<'t> {
+    /// Reads `tree` with one cursor walk, refusing shapes outside `limits`.
+    fn read(
+        kinds: &Kinds,
+        tree: &'t Tree,
+        limits: WalkLimits,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<Self, Walk> {
+        let root = tree.root_node();
+        let mut nodes: Vec<FlatNode<'t>> = Vec::with_capacity(root.descendant_count() + 1);
+        let mut parent: Vec<u32> = Vec::with_capacity(nodes.capacity());
+        let mut cursor = tree.walk();
+        // Ancestors of the cursor's node, by index; the length of the current run of
+        // anonymous siblings, and the runs of the levels above.
+        let mut path: Vec<u32> = Vec::new();
+        let mut run = 0usize;
+        let mut runs: Vec<usize> = Vec::new();
+        loop {
+            let node = cursor.node();
+            let named = node.is_named();
+            run = if named { 0 } else { run + 1 };
+            if run > limits.max_anonymous_run {
+                return Err(Walk::Refused(format!(
+                    "has a run of more than {} bare tokens side by side",
+                    limits.max_anonymous_run
+                )));
+            }
+            parent.push(path.last().copied().unwrap_or(u32::MAX));
+            // tree-sitter's ERROR symbol is the largest id (what `Node::is_error` tests).
+            let raw = node.kind_id();
+            nodes.push(FlatNode {
+                node,
+                kind: kinds.canonical(raw),
+                field: cursor.field_id(),
+                named,
+                error: raw == u16::MAX,
+                kids_start: 0,
+                kids_len: 0,
+            });
+            if nodes.len().is_multiple_of(4096) && stop() {
+                return Err(Walk::Stopped);
+            }
             if cursor.goto_first_child() {
-                depth += 1;
-                if depth > limits.max_depth {
-                    return Walk::Refused(format!("nests deeper than {} levels", limits.max_depth));
+                path.push((nodes.len() - 1) as u32);
+                if path.len() > limits.max_depth {
+                    return Err(Walk::Refused(format!(
+                        "nests deeper than {} levels",
+                        limits.max_depth
+                    )));
                 }
                 runs.push(run);
                 run = 0;
@@ -346,12 +407,41 @@ impl NativeQuery {
                     break;
                 }
                 if !cursor.goto_parent() {
-                    return Walk::Complete;
+                    return Ok(Self::link(nodes, &parent));
                 }
-                depth -= 1;
+                path.pop();
                 run = runs.pop().unwrap_or(0);
             }
         }
+    }
+
+    /// Lists each node's children contiguously (a counting sort of the nodes by parent; the
+    /// preorder keeps siblings in order).
+    fn link(mut nodes: Vec<FlatNode<'t>>, parent: &[u32]) -> Self {
+        for &p in parent.iter().filter(|&&p| p != u32::MAX) {
+            nodes[p as usize].kids_len += 1;
+        }
+        let mut next = 0u32;
+        for n in nodes.iter_mut() {
+            n.kids_start = next;
+            next += n.kids_len;
+        }
+        let mut kids = vec![0u32; next as usize];
+        let mut filled = vec![0u32; nodes.len()];
+        for (i, &p) in parent.iter().enumerate() {
+            if p != u32::MAX {
+                let p = p as usize;
+                kids[(nodes[p].kids_start + filled[p]) as usize] = i as u32;
+                filled[p] += 1;
+            }
+        }
+        FlatTree { nodes, kids }
+    }
+
+    fn kids(&self, i: u32) -> &[u32] {
+        let n = &self.nodes[i as usize];
+        let s = n.kids_start as usize;
+        &self.kids[s..s + n.kids_len as usize]
     }
 }
 
@@ -389,18 +479,11 @@ fn unsupported(what: &str) -> CompileError {
 }
 
 struct Ctx<'a, 't> {
-    kinds: &'a Kinds,
+    tree: &'a FlatTree<'t>,
     code: &'a [u8],
     caps: Vec<(u32, Node<'t>)>,
     steps: usize,
     limit: usize,
-    /// Reusable child lists, one per nesting level in use.
-    kids: Vec<Vec<(Node<'t>, Option<NonZeroU16>)>>,
-    /// Reused to list children (a fresh cursor allocates).
-    kid_cursor: Option<tree_sitter::TreeCursor<'t>>,
-    /// The node patterns are being tried at, and whether `root_kids` lists its children yet.
-    root: Option<(usize, bool)>,
-    root_kids: Vec<(Node<'t>, Option<NonZeroU16>)>,
 }
 
 type Cont<'k, 'a, 't> = &'k mut dyn FnMut(&mut Ctx<'a, 't>);
@@ -412,13 +495,13 @@ impl<'a, 't> Ctx<'a, 't> {
 
     /// The single-capture predicates about `cap` hold for one more node of it (each node of a
     /// capture must satisfy them, so they are checked as nodes are bound).
-    fn preds_hold_for(&self, pat: &Pattern, cap: u32, node: Node<'_>) -> bool {
+    fn preds_hold_for(&self, pat: &Pattern, cap: u32, node: &FlatNode<'_>) -> bool {
         pat.preds.iter().all(|p| match p {
             Pred::Text {
                 cap: c,
                 test,
                 positive,
-            } => *c != cap || test.holds(self.text(node)) == *positive,
+            } => *c != cap || test.holds(self.text(node.node)) == *positive,
             Pred::SameText { .. } => true,
         })
     }
@@ -446,19 +529,21 @@ impl<'a, 't> Ctx<'a, 't> {
         })
     }
 
-    fn node_passes(&self, np: &NodePat, node: Node<'_>) -> bool {
+    fn node_passes(np: &NodePat, node: &FlatNode<'_>) -> bool {
         // Wildcards do not match ERROR nodes (tree-sitter matches them only where a pattern
         // names ERROR, which this matcher leaves to tree-sitter).
         match np.test {
-            Test::Kind(k) => self.kinds.of(node) == k,
-            Test::Named => node.is_named() && !node.is_error(),
-            Test::Any => !node.is_error(),
+            Test::Kind(k) => node.kind == k,
+            Test::Named => node.named && !node.error,
+            Test::Any => !node.error,
         }
     }
 
-    fn match_node(&mut self, pat: &Pattern, np: &NodePat, node: Node<'t>, k: Cont<'_, 'a, 't>) {
+    fn match_node(&mut self, pat: &Pattern, np: &NodePat, idx: u32, k: Cont<'_, 'a, 't>) {
         self.steps += 1;
-        if self.steps > self.limit || !self.node_passes(np, node) {
+        let tree = self.tree;
+        let node = &tree.nodes[idx as usize];
+        if self.steps > self.limit || !Self::node_passes(np, node) {
             return;
         }
         let mark = self.caps.len();
@@ -467,41 +552,12 @@ impl<'a, 't> Ctx<'a, 't> {
                 self.caps.truncate(mark);
                 return;
             }
-            self.caps.push((c, node));
+            self.caps.push((c, node.node));
         }
         if np.children.is_empty() {
             k(self);
         } else {
-            // The root node's children are listed once for all the patterns tried at it.
-            let at_root = self.root.is_some_and(|(id, _)| id == node.id());
-            let mut kids = if at_root {
-                std::mem::take(&mut self.root_kids)
-            } else {
-                self.kids.pop().unwrap_or_default()
-            };
-            let listed = at_root && self.root.is_some_and(|(_, listed)| listed);
-            if !listed {
-                kids.clear();
-                let c = self.kid_cursor.get_or_insert_with(|| node.walk());
-                c.reset(node);
-                if c.goto_first_child() {
-                    loop {
-                        kids.push((c.node(), c.field_id()));
-                        if !c.goto_next_sibling() {
-                            break;
-                        }
-                    }
-                }
-                if at_root {
-                    self.root = Some((node.id(), true));
-                }
-            }
-            self.match_seq(pat, np, &kids, 0, 0, false, k);
-            if at_root {
-                self.root_kids = kids;
-            } else {
-                self.kids.push(kids);
-            }
+            self.match_seq(pat, np, tree.kids(idx), 0, 0, false, k);
         }
         self.caps.truncate(mark);
     }
@@ -513,7 +569,7 @@ impl<'a, 't> Ctx<'a, 't> {
         &mut self,
         pat: &Pattern,
         np: &NodePat,
-        kids: &[(Node<'t>, Option<NonZeroU16>)],
+        kids: &'a [u32],
         ci: usize,
         pos: usize,
         rep: bool,
@@ -522,9 +578,10 @@ impl<'a, 't> Ctx<'a, 't> {
         if self.steps > self.limit {
             return;
         }
+        let nodes = &self.tree.nodes;
         let Some(ch) = np.children.get(ci) else {
             let rest = kids.get(pos..).unwrap_or(&[]);
-            if !(np.anchor_last && rest.iter().any(|(n, _)| n.is_named())) {
+            if !(np.anchor_last && rest.iter().any(|&i| nodes[i as usize].named)) {
                 k(self);
             }
             return;
@@ -541,30 +598,31 @@ impl<'a, 't> Ctx<'a, 't> {
         let end = if ch.anchored && !rep {
             kids.iter()
                 .skip(pos)
-                .position(|(n, _)| n.is_named())
+                .position(|&i| nodes[i as usize].named)
                 .map_or(kids.len(), |i| pos + i + 1)
         } else {
             kids.len()
         };
         let repeats = matches!(ch.quant, Quant::Star | Quant::Plus);
         for j in pos..end {
-            let (node, field) = kids[j];
-            let fits = |a: &NodePat| a.field.or(ch.field).is_none_or(|f| Some(f) == field);
+            let idx = kids[j];
+            let node = &nodes[idx as usize];
+            let fits = |a: &NodePat| a.field.or(ch.field).is_none_or(|f| Some(f) == node.field);
             if !ch.splits && ch.quant == Quant::One {
                 let Some(alt) = ch
                     .alts
                     .iter()
-                    .find(|a| fits(a) && self.node_passes(a, node))
+                    .find(|a| fits(a) && Self::node_passes(a, node))
                 else {
                     continue;
                 };
-                self.match_node(pat, alt, node, &mut |ctx: &mut Ctx<'a, 't>| {
+                self.match_node(pat, alt, idx, &mut |ctx: &mut Ctx<'a, 't>| {
                     ctx.match_seq(pat, np, kids, ci + 1, j + 1, false, k);
                 });
                 return;
             }
             for alt in ch.alts.iter().filter(|a| fits(a)) {
-                self.match_node(pat, alt, node, &mut |ctx: &mut Ctx<'a, 't>| {
+                self.match_node(pat, alt, idx, &mut |ctx: &mut Ctx<'a, 't>| {
                     if repeats {
                         ctx.match_seq(pat, np, kids, ci, j + 1, true, k);
                     } else {
