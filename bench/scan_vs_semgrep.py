@@ -8,6 +8,9 @@ query names (`f(...)`, `$X.f(...)`), so both tools look for the same APIs with t
 count. Both run with the same thread count; the median wall time of --repeats runs is reported.
 
 usage: python3 bench/scan_vs_semgrep.py [--semgrep PATH] [--files 1000] [--repeats 3] [--threads 2]
+                                       [--keep DIR]
+--keep DIR writes the files to DIR/files and the semgrep rules to DIR/rules.json and keeps them
+(for profiling, or for bench/scan_ab.py).
 """
 import argparse
 import json
@@ -93,16 +96,21 @@ def main():
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", help="write the files here and keep them")
     a = ap.parse_args()
     if not os.path.isdir(a.data):
         sys.exit(f"SKIP: {a.data} not found")
     if not os.path.exists(a.semgrep):
         sys.exit(f"SKIP: semgrep not found ({a.semgrep}); pip install semgrep==1.182.0")
     funcs = functions(a.data)
-    tmp = tempfile.mkdtemp(prefix="scanbench-")
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+        tmp = os.path.abspath(a.keep)
+    else:
+        tmp = tempfile.mkdtemp(prefix="scanbench-")
     try:
         src_dir = os.path.join(tmp, "files")
-        os.makedirs(src_dir)
+        os.makedirs(src_dir, exist_ok=True)
         for i in range(a.files):
             lang, src = funcs[i % len(funcs)]
             ext = {"c": "c", "cpp": "cpp", "py": "py"}[lang]
@@ -137,7 +145,8 @@ def main():
         print(f"| semgrep --experimental | {g:.2f} s | {g_find} |")
         print(f"\nsrcode is {g / s:.1f}x faster")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 main()
