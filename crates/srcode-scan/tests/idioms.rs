@@ -6,9 +6,10 @@
 //! argument-list process calls, safe YAML, secure random tokens, SHA-256 and AES-GCM, path
 //! checks, escaped HTML, allow-listed fetches and redirects).
 //!
-//! Known false positives, left out of the corpus: `strncpy(d, s, size - 1)` and
-//! `read(fd, buf, cap - 1)` where the bound is a size parameter that is never compared
-//! (c.copy-length-unchecked cannot tell a destination size from an unchecked length).
+//! Known false positive, left out of the corpus: `read(fd, buf, cap - 1)` where the bound is a
+//! size parameter that is never compared (c.copy-length-unchecked cannot tell a destination
+//! size from an unchecked length; `strncpy(d, s, size - 1)` passes when `d[size - 1]` is then
+//! terminated, the idiom).
 
 use srcode_scan::{lang, Scanner};
 use std::path::Path;

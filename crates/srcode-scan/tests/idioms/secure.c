@@ -163,3 +163,9 @@ int next_token(char *s) {
     *p = '\0';
     return 0;
 }
+void copy_bounded(char *dst, size_t size, const char *src) {
+    if (size == 0)
+        return;
+    strncpy(dst, src, size - 1);
+    dst[size - 1] = '\0';
+}
