@@ -430,12 +430,12 @@ impl Scanner {
                     continue;
                 }
                 if let Some(u) = &rule.unless {
-                    if find_check(lang, code, node, m.end(), u, |_| None).is_some() {
+                    if find_check(lang, code, node, m.end(), u, |_| None, false).is_some() {
                         continue;
                     }
                 }
                 if let Some(w) = &rule.when {
-                    if find_check(lang, code, node, m.end(), w, |_| None).is_none() {
+                    if find_check(lang, code, node, m.end(), w, |_| None, false).is_none() {
                         continue;
                     }
                 }
@@ -490,22 +490,25 @@ impl Scanner {
             Some(regex::escape(&String::from_utf8_lossy(t)))
         };
         if let Some(u) = &rule.unless {
-            if find_check(lang, code, anchor, e, u, capture_text).is_some() {
+            if find_check(lang, code, anchor, e, u, capture_text, false).is_some() {
                 return None;
             }
         }
         if let Some(w) = &rule.when {
-            let (ms, me) = find_check(lang, code, anchor, e, w, capture_text)?;
+            let Some(at_name) = w.report_at.as_deref() else {
+                return find_check(lang, code, anchor, e, w, capture_text, false).map(|_| (s, e));
+            };
+            let (ms, me) = find_check(lang, code, anchor, e, w, capture_text, true)?;
             // Move the finding onto the capture's text inside the match (its first use).
-            let at = w.report_at.as_deref().and_then(|name| {
-                let node = nodes(name_index(name)?).next()?;
+            let at = (|| {
+                let node = nodes(name_index(at_name)?).next()?;
                 let t = code.get(node.start_byte()..node.end_byte())?;
                 if t.is_empty() {
                     return None;
                 }
                 let i = code[ms..me].windows(t.len()).position(|x| x == t)?;
                 Some((ms + i, ms + i + t.len()))
-            });
+            })();
             return Some(at.unwrap_or((s, e)));
         }
         Some((s, e))
@@ -766,7 +769,8 @@ fn in_comment(mut node: Node<'_>) -> bool {
     }
 }
 
-/// Where a rule's `unless`/`when` regex first matches in its scope around `anchor`, if it does.
+/// Whether a rule's `unless`/`when` regex occurs in its scope around `anchor`, and with
+/// `locate`, where it first matches (without, only whether: `Some` of an empty span).
 fn find_check(
     lang: Language,
     code: &[u8],
@@ -774,6 +778,7 @@ fn find_check(
     finding_end: usize,
     c: &rules::Check,
     capture_text: impl Fn(&str) -> Option<String>,
+    locate: bool,
 ) -> Option<(usize, usize)> {
     let (mut s, mut e) = match c.scope {
         Scope::File => (0, code.len()),
@@ -809,7 +814,11 @@ fn find_check(
         return None;
     }
     check_regex(rules::fill(&c.template, &capture_text), |re| {
-        re.and_then(|re| re.find(&code[s..e]))
-            .map(|m| (s + m.start(), s + m.end()))
+        let (re, hay) = (re?, &code[s..e]);
+        if locate {
+            re.find(hay).map(|m| (s + m.start(), s + m.end()))
+        } else {
+            re.is_match(hay).then_some((s, s))
+        }
     })
 }
