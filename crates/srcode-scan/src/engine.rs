@@ -429,17 +429,11 @@ impl Scanner {
                 if in_comment(node) {
                     continue;
                 }
-                if let Some(u) = &rule.unless {
-                    if find_check(lang, code, node, m.end(), u, |_| None, false).is_some() {
-                        continue;
-                    }
+                let span = (m.start(), m.end());
+                if let Some((s, e)) = checked_span(lang, code, rule, node, span, |_| None, |_| None)
+                {
+                    out.push((start + s, start + e, ri));
                 }
-                if let Some(w) = &rule.when {
-                    if find_check(lang, code, node, m.end(), w, |_| None, false).is_none() {
-                        continue;
-                    }
-                }
-                out.push((start + m.start(), start + m.end(), ri));
             }
         }
         Ok(!root.has_error())
@@ -467,51 +461,26 @@ impl Scanner {
         {
             return None;
         }
+        // The span covers the `@finding` nodes (anchored at the last), else every capture
+        // (anchored at the first).
+        let has_finding = caps.iter().any(|c| finding == Some(c.0));
         let mut span: Option<(usize, usize)> = None;
         let mut anchor: Option<Node> = None;
-        for &(ci, node) in caps {
-            if finding == Some(ci) {
-                let (s, e) = (node.start_byte(), node.end_byte());
-                span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+        for &(_, node) in caps.iter().filter(|c| !has_finding || finding == Some(c.0)) {
+            let (s, e) = (node.start_byte(), node.end_byte());
+            span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+            if has_finding || anchor.is_none() {
                 anchor = Some(node);
             }
         }
-        if span.is_none() {
-            for &(_, node) in caps {
-                let (s, e) = (node.start_byte(), node.end_byte());
-                span = Some(span.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
-                anchor.get_or_insert(node);
-            }
-        }
         let ((s, e), anchor) = (span?, anchor?);
+        let capture_node = |name: &str| nodes(name_index(name)?).next();
         let capture_text = |name: &str| -> Option<String> {
-            let node = nodes(name_index(name)?).next()?;
+            let node = capture_node(name)?;
             let t = &code[node.start_byte()..node.end_byte()];
             Some(regex::escape(&String::from_utf8_lossy(t)))
         };
-        if let Some(u) = &rule.unless {
-            if find_check(lang, code, anchor, e, u, capture_text, false).is_some() {
-                return None;
-            }
-        }
-        if let Some(w) = &rule.when {
-            let Some(at_name) = w.report_at.as_deref() else {
-                return find_check(lang, code, anchor, e, w, capture_text, false).map(|_| (s, e));
-            };
-            let (ms, me) = find_check(lang, code, anchor, e, w, capture_text, true)?;
-            // Move the finding onto the capture's text inside the match (its first use).
-            let at = (|| {
-                let node = nodes(name_index(at_name)?).next()?;
-                let t = code.get(node.start_byte()..node.end_byte())?;
-                if t.is_empty() {
-                    return None;
-                }
-                let i = code[ms..me].windows(t.len()).position(|x| x == t)?;
-                Some((ms + i, ms + i + t.len()))
-            })();
-            return Some(at.unwrap_or((s, e)));
-        }
-        Some((s, e))
+        checked_span(lang, code, rule, anchor, (s, e), capture_text, capture_node)
     }
 
     fn parse(&self, code: &[u8], lang: Language) -> Result<Tree> {
@@ -767,6 +736,48 @@ fn in_comment(mut node: Node<'_>) -> bool {
             None => return false,
         }
     }
+}
+
+/// A finding's span `(s, e)` once the rule's `unless` and `when` have had their say: `None`
+/// when they drop it, else the span, moved by `when.report_at` onto that capture's text inside
+/// the `when` match (its first use). `capture_text` fills the checks' placeholders;
+/// `capture_node` finds a capture's node.
+fn checked_span<'t>(
+    lang: Language,
+    code: &[u8],
+    rule: &Rule,
+    anchor: Node<'t>,
+    (s, e): (usize, usize),
+    capture_text: impl Fn(&str) -> Option<String>,
+    capture_node: impl Fn(&str) -> Option<Node<'t>>,
+) -> Option<(usize, usize)> {
+    if let Some(u) = &rule.unless {
+        if find_check(lang, code, anchor, e, u, &capture_text, false).is_some() {
+            return None;
+        }
+    }
+    let Some(w) = &rule.when else {
+        return Some((s, e));
+    };
+    let (ms, me) = find_check(
+        lang,
+        code,
+        anchor,
+        e,
+        w,
+        &capture_text,
+        w.report_at.is_some(),
+    )?;
+    let at = w.report_at.as_deref().and_then(|name| {
+        let node = capture_node(name)?;
+        let t = code.get(node.start_byte()..node.end_byte())?;
+        if t.is_empty() {
+            return None;
+        }
+        let i = code[ms..me].windows(t.len()).position(|x| x == t)?;
+        Some((ms + i, ms + i + t.len()))
+    });
+    Some(at.unwrap_or((s, e)))
 }
 
 /// Whether a rule's `unless`/`when` regex occurs in its scope around `anchor`, and with

@@ -7,7 +7,7 @@ use crate::error::{Result, ScanError};
 use crate::lang;
 use serde::Deserialize;
 use srcode_core::{Cwe, Language};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// One vulnerable/fixed pair.
@@ -132,9 +132,7 @@ pub fn evaluate(scanner: &Scanner, pairs: &[Pair]) -> Result<PairReport> {
         rep.by_cwe.entry(p.cwe).or_default().add(&c);
         rep.total.add(&c);
         let (vr, fr) = (per_rule(&vf), per_rule(&ff));
-        let mut rules: Vec<&str> = vr.keys().chain(fr.keys()).copied().collect();
-        rules.sort_unstable();
-        rules.dedup();
+        let rules: BTreeSet<&str> = vr.keys().chain(fr.keys()).copied().collect();
         for rule in rules {
             let v = vr.get(rule).copied().unwrap_or(0);
             let f = fr.get(rule).copied().unwrap_or(0);
